@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from token_worker.config import Config, load_config
+from token_worker.emulator import Emulator
+from token_worker.refresh import Refresher
+
+from .support import CLIENT_ID, SECRET, RedisServer, write_config
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the session; never the shared instance."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    client = redis_server.client()
+    client.flushall()
+    yield redis_server.url
+    try:
+        client.flushall()
+    except redis.RedisError:
+        pass
+
+
+@pytest.fixture
+def rds(redis_server: RedisServer, redis_url: str) -> redis.Redis:
+    return redis_server.client()
+
+
+@pytest.fixture(scope="session")
+def emulator_session() -> Iterator[Emulator]:
+    emu = Emulator(clients={CLIENT_ID: SECRET}).start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def emulator(emulator_session: Emulator) -> Emulator:
+    emulator_session.reset()
+    emulator_session.set_expires_in(3600)
+    return emulator_session
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("STITCH_CLIENT_SECRET", SECRET)
+    return SECRET
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, redis_url: str, emulator: Emulator, secret_env: str) -> Path:
+    return write_config(
+        tmp_path / "token_worker.toml", redis_url=redis_url, token_url=emulator.url,
+        profiles={"payments": ["client_paymentrequest"], "refunds": ["client_refund"]},
+    )
+
+
+@pytest.fixture
+def config(config_path: Path) -> Config:
+    return load_config(config_path)
+
+
+@pytest.fixture
+def refresher(config: Config) -> Iterator[Refresher]:
+    r = Refresher.from_config(config)
+    yield r
+    r.close()

@@ -1,0 +1,367 @@
+"""The ``token-worker`` command line. Thin: every command calls library code.
+
+Exit codes (contract): 0 success; 1 the check or the action failed; 2 bad usage
+or invalid config. Errors are one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+import redis
+
+from .config import Config, config_warnings, credential_problems, load_config, redact_url
+from .exceptions import ConfigError, TokenWorkerError
+from .status import ProfileStatus, read_statuses
+from .store import TokenStore, connect_redis
+
+log = logging.getLogger("token_worker.cli")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Fail(click.ClickException):
+    """An action failed: one line on stderr, exit 1."""
+
+    exit_code = EXIT_FAILED
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class Usage(Fail):
+    """Bad usage or invalid config: exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def _errors(func: F) -> F:
+    """Turn library errors into one-line messages with the contract's exit codes."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            raise Usage("\n  ".join(["invalid config:", *exc.problems])) from None
+        except redis.RedisError as exc:
+            raise Fail(f"Redis unreachable: {type(exc).__name__}: {exc}") from None
+        except TokenWorkerError as exc:
+            raise Fail(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class State:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def store(self) -> TokenStore:
+        from .crypto import codec_for
+
+        r = self.config.redis
+        codec = codec_for(self.config) if (r.encryption_keys_env or r.encryption_keys_file) \
+            else None
+        client = connect_redis(r.url, tls_ca_file=r.tls_ca_file, tls_cert_file=r.tls_cert_file,
+                               tls_key_file=r.tls_key_file,
+                               socket_timeout=r.socket_timeout_seconds)
+        return TokenStore(client, r.prefix, codec=codec)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    from .logs import configure
+
+    configure(level, fmt)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", envvar="TOKEN_WORKER_CONFIG",
+              help="Config file (default: $TOKEN_WORKER_CONFIG, else ./token_worker.toml).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]), help="json: one object per line.")
+@click.version_option(package_name="token_worker")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, log_level: str, log_format: str) -> None:
+    """Fleet-wide Stitch client tokens, refreshed by Celery and read from Redis."""
+    setup_logging(log_level.upper(), log_format)
+    ctx.obj = State(config_path)
+
+
+# -- status / check -----------------------------------------------------------
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    return f"{_duration(now - ts)} ago"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    sign = "-" if seconds < 0 else ""
+    s = int(abs(seconds))
+    if s >= 3600:
+        return f"{sign}{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{sign}{s // 60}m{s % 60:02d}s"
+    return f"{sign}{abs(seconds):.0f}s"
+
+
+def render_table(rows: list[ProfileStatus]) -> str:
+    """The human status table, columns aligned."""
+    header = ["PROFILE", "STATE", "EXPIRES IN", "NEXT REFRESH", "LAST SUCCESS", "FAILURES",
+              "FINGERPRINT", "LAST ERROR"]
+    table = [header]
+    for r in rows:
+        table.append([
+            r.profile, str(r.state), _duration(r.expires_in),
+            _duration(r.refresh_in) if r.refresh_in is not None and r.refresh_in > 0 else
+            ("now" if r.refresh_in is not None else "-"),
+            _ago(r.last_success_at, r.now), str(r.consecutive_failures), r.fingerprint or "-",
+            (r.last_error or "-")[:80],
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     .rstrip() for row in table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per profile.")
+@click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
+@pass_state
+@_errors
+def status(state: State, as_json: bool, watch: bool) -> None:
+    """Show every profile's token state (needs only Redis)."""
+    store = state.store()
+    while True:
+        rows = read_statuses(state.config, store)
+        if as_json:
+            click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        else:
+            if watch:
+                click.clear()
+                click.echo(f"token_worker status  {time.strftime('%H:%M:%S')}  "
+                           f"redis {redact_url(state.config.redis.url)}  (Ctrl-C to quit)\n")
+            click.echo(render_table(rows))
+        if not watch:
+            return
+        try:
+            time.sleep(1.0)
+        except KeyboardInterrupt:
+            return
+
+
+@cli.command()
+@click.option("--min-ttl", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds of life every token must have left.")
+@pass_state
+@_errors
+def check(state: State, min_ttl: float) -> None:
+    """Exit 0 when every profile has a token with at least --min-ttl seconds left."""
+    rows = read_statuses(state.config, state.store())
+    failing = [r for r in rows if r.expires_in is None or r.expires_in < min_ttl]
+    for r in failing:
+        left = "no token" if r.expires_in is None else f"{r.expires_in:.0f}s left"
+        error = f"; last error: {r.last_error}" if r.last_error else ""
+        click.echo(f"FAIL {r.profile}: {left} (need {min_ttl:g}s){error}", err=True)
+    if failing:
+        raise SystemExit(EXIT_FAILED)
+    click.echo(f"OK {len(rows)} profiles have at least {min_ttl:g}s left")
+
+
+# -- refresh ------------------------------------------------------------------
+@cli.command()
+@click.argument("profiles", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every configured profile.")
+@click.option("--force", is_flag=True, help="Refresh even when the token is not yet due.")
+@click.option("--local", is_flag=True,
+              help="Refresh in this process (still under the fleet-wide lock).")
+@click.option("--wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Wait until the new token is published; exit 1 at the deadline.")
+@pass_state
+@_errors
+def refresh(state: State, profiles: tuple[str, ...], all_: bool, force: bool, local: bool,
+            wait: float | None) -> None:
+    """Refresh now, through the workers (default) or in this process (--local)."""
+    if not profiles and not all_:
+        raise Usage("name at least one PROFILE, or use --all")
+    config = state.config
+    names = sorted(config.profiles) if all_ else list(dict.fromkeys(profiles))
+    unknown = [p for p in names if p not in config.profiles]
+    if unknown:
+        raise Usage(f"unknown profile(s): {', '.join(unknown)} "
+                    f"(configured: {', '.join(sorted(config.profiles))})")
+    if local:
+        _refresh_local(config, names, force, wait)
+    else:
+        _refresh_remote(state, names, force, wait)
+
+
+def _refresh_local(config: Config, names: list[str], force: bool, wait: float | None) -> None:
+    from .refresh import Outcome, Refresher
+
+    problems = credential_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    refresher = Refresher.from_config(config)
+    failed = 0
+    try:
+        requested_at = refresher.store.time()
+        for name in names:
+            result = refresher.refresh_profile(name, force, requested_at=requested_at,
+                                               wait_seconds=wait)
+            detail = f" fingerprint={result.fingerprint}" if result.fingerprint else ""
+            if result.outcome is Outcome.FAILED:
+                failed += 1
+                detail = f": {result.error}"
+            click.echo(f"{name}: {result.outcome}{detail}")
+    finally:
+        refresher.close()
+    if failed:
+        raise SystemExit(EXIT_FAILED)
+
+
+def _refresh_remote(state: State, names: list[str], force: bool, wait: float | None) -> None:
+    from .tasks import send_refresh, wait_for_refresh
+
+    store = state.store()
+    requested_at = store.time()
+    send_refresh(state.config, names, force=force, requested_at=requested_at)
+    click.echo(f"sent {'forced ' if force else ''}refresh for {', '.join(names)} "
+               f"to queue {state.config.celery.queue!r}")
+    if wait is None:
+        return
+    problems = wait_for_refresh(state.config, store, names, force=force,
+                                requested_at=requested_at, timeout=wait)
+    for name in names:
+        if name in problems:
+            click.echo(f"{name}: FAILED: {problems[name]}", err=True)
+        else:
+            click.echo(f"{name}: published")
+    if problems:
+        raise SystemExit(EXIT_FAILED)
+
+
+# -- purge --------------------------------------------------------------------
+@cli.command()
+@click.argument("profile")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+@_errors
+def purge(state: State, profile: str, yes: bool) -> None:
+    """Delete a profile's token; readers wait for a fresh one, beat refreshes it next tick."""
+    if profile not in state.config.profiles:
+        raise Usage(f"unknown profile {profile!r}")
+    if not yes and not click.confirm(f"Delete the token of {profile!r}? Readers will get no "
+                                     f"token until it is refreshed", default=False):
+        raise Fail("not confirmed; nothing deleted")
+    deleted = state.store().purge(profile)
+    click.echo(f"{profile}: {'token deleted' if deleted else 'had no token'}; due now")
+
+
+# -- config -------------------------------------------------------------------
+@cli.group("config")
+def config_group() -> None:
+    """Configuration commands."""
+
+
+@config_group.command("check")
+@pass_state
+@_errors
+def config_check(state: State) -> None:
+    """Validate the config, read every credential; exit 2 listing the problems."""
+    config = state.config
+    problems = credential_problems(config)
+    for warning in config_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
+    if problems:
+        raise ConfigError(problems)
+    click.echo(f"OK {config.path}: {len(config.profiles)} profiles, "
+               f"{len(config.clients)} clients, redis {redact_url(config.redis.url)}")
+
+
+# -- processes ----------------------------------------------------------------
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--concurrency", "-c", type=int, default=None,
+              help="Worker processes (default: Celery's, the number of CPUs).")
+@click.option("--no-beat", is_flag=True, help="Run without embedded beat.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+@pass_state
+@_errors
+def worker(state: State, concurrency: int | None, no_beat: bool,
+           celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker with embedded beat on the configured queue."""
+    from .tasks import run_worker
+
+    config = state.config
+    problems = credential_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    run_worker(config, beat=not no_beat, concurrency=concurrency, extra_args=list(celery_args))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8400, show_default=True)
+@click.option("--expires-in", type=click.FloatRange(min=1), default=3600, show_default=True,
+              help="Lifetime of issued tokens, in seconds.")
+@click.option("--client", "clients", multiple=True, metavar="CLIENT_ID=SECRET_ENV",
+              help="Accept only this client, its secret read from env var SECRET_ENV. "
+                   "Default: any client with any non-empty secret.")
+def emulator(host: str, port: int, expires_in: float, clients: tuple[str, ...]) -> None:
+    """A local Stitch-compatible token endpoint for development."""
+    import os
+
+    from .emulator import serve
+
+    accepted: dict[str, str] | None = None
+    if clients:
+        accepted = {}
+        for spec in clients:
+            client_id, _, env = spec.partition("=")
+            if not client_id or not env or not os.environ.get(env):
+                raise Usage(f"--client {spec}: expected CLIENT_ID=SECRET_ENV with SECRET_ENV set")
+            accepted[client_id] = os.environ[env]
+    serve(host, port, clients=accepted, expires_in=expires_in)
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=0,
+              help="Emulator port (default: a free one).")
+@click.option("--lifetime", type=click.FloatRange(min=5), default=30, show_default=True,
+              help="Token lifetime the emulator issues, in seconds.")
+@pass_state
+@_errors
+def demo(state: State, port: int, lifetime: float) -> None:
+    """Emulator, worker, beat and a live status view on this machine, until Ctrl-C."""
+    from .demo import run_demo
+
+    run_demo(state.config_path, port=port, lifetime=lifetime)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="token-worker", standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,349 @@
+"""The reader: how any task in the fleet takes the current token.
+
+It never calls the token endpoint and never holds a credential; it imports only
+redis and the standard library (no requests, no celery, no token client).
+A hit in the in-process cache costs a dict lookup; entries are dropped the
+moment a refresh publishes (Redis pub/sub), and are not served at all while
+that channel is down. Remaining lifetimes come from Redis's clock, counted down
+on the monotonic clock, so a host with a wrong wall clock still never gets an
+expired token and never refuses a valid one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .exceptions import StoreError, TokenUnavailable
+from .store import TokenCodec, TokenStore, connect_redis, describe_redis
+from .tokens import Token, fingerprint
+
+__all__ = ["BearerAuth", "TokenReader"]
+
+log = logging.getLogger("token_worker.reader")
+
+# a task should never start a payment with a token about to die
+DEFAULT_MIN_TTL = 5.0
+# bound on serving from the cache should the invalidation channel fail silently
+DEFAULT_CACHE_MAX_AGE = 1.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    token: Token
+    fresh_until: float  # monotonic: cache max age
+
+
+class _Invalidator(threading.Thread):
+    """Listens on the events channel and drops cache entries as tokens change."""
+
+    def __init__(self, reader: TokenReader) -> None:
+        super().__init__(name="token_worker-reader-invalidator", daemon=True)
+        self.reader = reader
+        self.healthy = False
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self.stopping.is_set():
+            pubsub = self.reader.store.redis.pubsub(ignore_subscribe_messages=False)
+            try:
+                pubsub.subscribe(self.reader.store.keys.events())
+                while not self.stopping.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        # anything published before now was missed: start clean
+                        self.reader._invalidate_all()
+                        self.healthy = True
+                        backoff = 0.1
+                    elif message["type"] == "message":
+                        self.reader._invalidate(str(message["data"]).split(" ", 1)[0])
+            except (redis.RedisError, OSError, ValueError):
+                pass
+            finally:
+                self.healthy = False
+                self.reader._invalidate_all()
+                try:
+                    pubsub.close()
+                except (redis.RedisError, OSError):
+                    pass
+            self.stopping.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class BearerAuth:
+    """A ``requests`` auth callable: sets ``Authorization: Bearer ...`` per request."""
+
+    def __init__(self, reader: TokenReader, profile: str) -> None:
+        self.reader = reader
+        self.profile = profile
+
+    def __call__(self, request: Any) -> Any:
+        request.headers["Authorization"] = f"Bearer {self.reader.get_access_token(self.profile)}"
+        return request
+
+    def __repr__(self) -> str:
+        return f"BearerAuth(profile={self.profile!r})"
+
+
+class TokenReader:
+    """Reads published tokens from Redis.
+
+    Args:
+        redis_url: the token store (``redis.url`` of the worker's config).
+        prefix: the key namespace (``redis.prefix``).
+        min_ttl: refuse tokens with fewer seconds left than this.
+        cache: keep tokens in process memory, invalidated on publish.
+        serve_stale: when Redis is unreachable, keep serving the token last read
+            while it still has ``min_ttl`` left.
+        profiles: the configured profile names, when known (``from_config``).
+        codec: decrypts values when encryption at rest is on.
+        client: a ready redis client, instead of ``redis_url``.
+    """
+
+    def __init__(
+        self,
+        redis_url: str = "redis://127.0.0.1:6379/0",
+        prefix: str = "stitch",
+        *,
+        min_ttl: float = DEFAULT_MIN_TTL,
+        cache: bool = True,
+        cache_max_age: float = DEFAULT_CACHE_MAX_AGE,
+        serve_stale: bool = True,
+        profiles: list[str] | None = None,
+        codec: TokenCodec | None = None,
+        client: redis.Redis | None = None,
+        **redis_options: Any,
+    ) -> None:
+        self.store = TokenStore(client or connect_redis(redis_url, **redis_options), prefix,
+                                codec=codec)
+        self.min_ttl = min_ttl
+        self.cache_enabled = cache
+        self.cache_max_age = cache_max_age
+        self.serve_stale = serve_stale
+        self.profiles = set(profiles) if profiles is not None else None
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        # also run after fork: threads and cached state do not carry over safely
+        self._pid = os.getpid()
+        self._cache: dict[str, _Entry] = {}
+        self._generation: dict[str, int] = {}
+        self._last: dict[str, Token] = {}
+        self._rejected: dict[str, str] = {}
+        self._invalidator: _Invalidator | None = None
+
+    @classmethod
+    def from_config(cls, path: str | None = None, **options: Any) -> TokenReader:
+        """A reader with the worker's Redis settings; needs no credential on this host."""
+        from .config import load_config
+
+        config = load_config(path)
+        r = config.redis
+        codec = None
+        if r.encryption_keys_env or r.encryption_keys_file:
+            from .crypto import codec_for
+
+            codec = codec_for(config)
+        options.setdefault("profiles", list(config.profiles))
+        client = connect_redis(r.url, tls_ca_file=r.tls_ca_file, tls_cert_file=r.tls_cert_file,
+                               tls_key_file=r.tls_key_file,
+                               socket_timeout=r.socket_timeout_seconds)
+        return cls(prefix=r.prefix, client=client, codec=codec, **options)
+
+    def __repr__(self) -> str:
+        return f"TokenReader(redis={describe_redis(self.store.redis)!r}, " \
+               f"prefix={self.store.keys.prefix!r})"
+
+    def close(self) -> None:
+        if self._invalidator is not None:
+            self._invalidator.stop()
+        self.store.redis.close()
+
+    # -- cache ---------------------------------------------------------------
+    def _invalidate(self, profile: str) -> None:
+        with self._lock:
+            self._generation[profile] = self._generation.get(profile, 0) + 1
+            self._cache.pop(profile, None)
+
+    def _invalidate_all(self) -> None:
+        with self._lock:
+            for profile in list(self._cache) + list(self._generation):
+                self._generation[profile] = self._generation.get(profile, 0) + 1
+            self._cache.clear()
+
+    def _listening(self) -> bool:
+        inv = self._invalidator
+        if inv is None or not inv.is_alive():
+            self._invalidator = inv = _Invalidator(self)
+            inv.start()
+        return inv.healthy
+
+    # -- reading -------------------------------------------------------------
+    def get(self, profile: str, wait: float | None = None) -> Token:
+        """The current token for ``profile``.
+
+        Args:
+            wait: seconds to wait for a token to be published when none is
+                available now (woken by pub/sub, not by polling).
+
+        Raises:
+            TokenUnavailable: no token with at least ``min_ttl`` left; the message
+                names the profile, the reason and the last refresh error.
+        """
+        if os.getpid() != self._pid:
+            self._reset()
+        if self.cache_enabled:
+            entry = self._cache.get(profile)
+            now = time.monotonic()
+            if (entry is not None and now < entry.fresh_until
+                    and entry.token.deadline - now >= self.min_ttl and self._listening()):
+                return entry.token
+        try:
+            return self._get(profile)
+        except TokenUnavailable as exc:
+            if not wait or exc.reason == "unknown_profile":
+                raise
+        return self._wait(profile, wait)
+
+    def get_access_token(self, profile: str, wait: float | None = None) -> str:
+        """The bearer string of :meth:`get`."""
+        return self.get(profile, wait).access_token
+
+    def auth(self, profile: str) -> BearerAuth:
+        """A ``requests`` auth object reading the current token on every request."""
+        return BearerAuth(self, profile)
+
+    def _get(self, profile: str) -> Token:
+        generation = self._generation.get(profile, 0)
+        try:
+            value, ttl = self.store.read_raw(profile)
+        except (redis.RedisError, OSError):
+            last = self._last.get(profile)
+            if (self.serve_stale and last is not None and last.expires_in >= self.min_ttl
+                    and self._rejected.get(profile) != last.fingerprint):
+                return last
+            raise TokenUnavailable(profile, "redis_unreachable",
+                                   f"Redis unreachable at {describe_redis(self.store.redis)}"
+                                   ) from None
+        if value is None:
+            raise self._diagnose(profile)
+        try:
+            token = self.store.decode(profile, value, ttl)
+        except StoreError as exc:
+            reason = "encrypted" if "encrypt" in str(exc) else "unreadable"
+            raise TokenUnavailable(profile, reason, str(exc)) from None
+        if self._rejected.get(profile) == token.fingerprint:
+            raise TokenUnavailable(profile, "rejected",
+                                   "the current token was rejected by the API; waiting for "
+                                   "its replacement")
+        if token.expires_in < self.min_ttl:
+            raise TokenUnavailable(profile, "expired",
+                                   f"the token expires in {token.expires_in:.1f}s, less than "
+                                   f"min_ttl {self.min_ttl:g}s", self._last_error(profile))
+        self._last[profile] = token
+        if self.cache_enabled:
+            with self._lock:
+                # a publish seen since our read means this token may be stale already
+                if self._generation.get(profile, 0) == generation:
+                    self._cache[profile] = _Entry(token, time.monotonic() + self.cache_max_age)
+        return token
+
+    def _last_error(self, profile: str) -> str | None:
+        try:
+            return self.store.status(profile).get("last_error") or None
+        except (redis.RedisError, OSError):
+            return None
+
+    def _diagnose(self, profile: str) -> TokenUnavailable:
+        """Why there is no token: unknown profile, never fetched, or expired."""
+        if self.profiles is not None and profile not in self.profiles:
+            known = ", ".join(sorted(self.profiles))
+            return TokenUnavailable(profile, "unknown_profile",
+                                    f"unknown profile (configured: {known})")
+        keys = self.store.keys
+        try:
+            pipe = self.store.redis.pipeline(transaction=False)
+            pipe.hgetall(keys.status(profile))
+            pipe.exists(keys.profiles())
+            pipe.hexists(keys.profiles(), profile)
+            status, registry, listed = pipe.execute()
+        except (redis.RedisError, OSError):
+            status, registry, listed = {}, 0, False
+        last_error = status.get("last_error") or None
+        if self.profiles is None and registry and not listed:
+            return TokenUnavailable(profile, "unknown_profile",
+                                    "unknown profile (no worker has it configured)")
+        if status.get("last_success_at"):
+            age = time.time() - float(status["last_success_at"])
+            return TokenUnavailable(profile, "expired",
+                                    f"expired (last successful refresh {age:.0f}s ago)",
+                                    last_error)
+        return TokenUnavailable(profile, "never_fetched",
+                                "never fetched (is a token_worker worker running with beat?)",
+                                last_error)
+
+    def _wait(self, profile: str, wait: float) -> Token:
+        deadline = time.monotonic() + wait
+        pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+        last_exc: TokenUnavailable | None = None
+        try:
+            pubsub.subscribe(self.store.keys.events())
+            while True:
+                # subscribed first, then checked: a publish in between is not missed
+                try:
+                    return self._get(profile)
+                except TokenUnavailable as exc:
+                    last_exc = exc
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                # wake on any event, re-check at least every second (channel loss)
+                pubsub.get_message(timeout=min(left, 1.0))
+        except (redis.RedisError, OSError):
+            if last_exc is None:
+                raise TokenUnavailable(profile, "redis_unreachable", "Redis unreachable at "
+                                       f"{describe_redis(self.store.redis)}") from None
+        finally:
+            try:
+                pubsub.close()
+            except (redis.RedisError, OSError):
+                pass
+        assert last_exc is not None
+        raise last_exc
+
+    def report_rejected(self, profile: str, token: Token | str) -> bool:
+        """Tell the fleet the API answered 401 for this token.
+
+        The first report of a given token makes the profile due at once (one
+        refresh, however many tasks report it); this reader stops serving that
+        token, so ``get(profile, wait=...)`` returns its replacement.
+
+        Returns:
+            True when this call was the first report of that token.
+        """
+        access = token.access_token if isinstance(token, Token) else token
+        fp = fingerprint(access)
+        self._rejected[profile] = fp
+        self._invalidate(profile)
+        try:
+            first = self.store.report_rejected(profile, fp)
+        except (redis.RedisError, OSError):
+            raise TokenUnavailable(profile, "redis_unreachable", "cannot report the rejected "
+                                   f"token: Redis unreachable at "
+                                   f"{describe_redis(self.store.redis)}") from None
+        log.info("token rejected by the API reported profile=%s fingerprint=%s first=%s",
+                 profile, fp, first)
+        return first

@@ -1,0 +1,328 @@
+"""When and how a profile's token is refreshed: the logic every entry point calls.
+
+``refresh_profile`` is the only way a token gets requested and published: the
+Celery tasks, the CLI (``--local``) and the 401 listener all call it.
+Single-flight across the fleet comes from the Redis lock plus a re-read under
+it; backoff after failures lives in the shared schedule, so it holds across
+every worker and beat in the fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from .client import IssuedToken, TokenClient
+from .config import Config
+from .exceptions import ConfigError, StoreError, TokenRequestError
+from .store import TokenStore, connect_redis
+from .tokens import Token, TokenState, schedule_refresh, token_state
+
+__all__ = ["Outcome", "RefreshResult", "Refresher", "next_attempt_delay"]
+
+log = logging.getLogger("token_worker.refresh")
+
+# first across-tick backoff after a failure; doubles with each failure after that
+BACKOFF_BASE_SECONDS = 2.0
+# no profile waits longer than this between attempts, whatever happened
+BACKOFF_MAX_SECONDS = 300.0
+# with no usable token every task is failing: keep trying at least this often
+BACKOFF_MAX_WITHOUT_TOKEN = 60.0
+# how many attempts, at least, still fit before the current token expires
+ATTEMPTS_BEFORE_EXPIRY = 4
+# within one attempt: jittered backoff between retries, never longer than this
+RETRY_SLEEP_CAP = 2.0
+
+
+class Outcome(StrEnum):
+    REFRESHED = "refreshed"
+    NOT_DUE = "not_due"
+    DONE_ELSEWHERE = "done_elsewhere"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshResult:
+    """What one refresh did; holds no token, only its fingerprint."""
+
+    profile: str
+    outcome: Outcome
+    fingerprint: str | None = None
+    expires_at: float | None = None
+    issued_at: float | None = None
+    error: str | None = None
+    error_code: str | None = None
+    calls: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outcome"] = str(self.outcome)
+        return data
+
+
+def next_attempt_delay(
+    failures: int, retryable: bool, time_left: float | None, interval: float,
+    retry_after: float | None = None, rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before the next attempt after ``failures`` failures in a row.
+
+    Exponential backoff with full jitter for retryable errors; slow, steady retries
+    for permanent ones (a revoked secret must not hammer the endpoint). Either way
+    the wait is capped so that several attempts still happen before the current
+    token expires, and that cap shrinks as expiry nears. ``Retry-After`` is
+    honoured up to the cap.
+    """
+    if time_left is None or time_left <= 0:
+        cap = BACKOFF_MAX_WITHOUT_TOKEN
+    else:
+        cap = min(BACKOFF_MAX_SECONDS, time_left / ATTEMPTS_BEFORE_EXPIRY)
+    cap = max(cap, interval)
+    if not retryable:
+        return cap
+    ceiling = min(cap, BACKOFF_BASE_SECONDS * 2 ** max(failures - 1, 0))
+    delay = (rng or random).uniform(0.0, ceiling)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+class Refresher:
+    """Refreshes the profiles of one config against one store and one endpoint."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: TokenStore,
+        client: TokenClient,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.client = client
+        self.sleep = sleep
+        self.rng = rng or random.Random()  # noqa: S311  (jitter, not security)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Refresher:
+        from .crypto import codec_for  # encryption at rest, when configured
+
+        r = config.redis
+        client = connect_redis(r.url, tls_ca_file=r.tls_ca_file, tls_cert_file=r.tls_cert_file,
+                               tls_key_file=r.tls_key_file,
+                               socket_timeout=r.socket_timeout_seconds)
+        store = TokenStore(client, r.prefix, codec=codec_for(config))
+        endpoint = TokenClient(config.stitch.token_url, config.stitch.effective_audience,
+                               config.stitch.timeout_seconds)
+        return cls(config, store, endpoint)
+
+    def _check_profile(self, profile: str) -> None:
+        if profile not in self.config.profiles:
+            known = ", ".join(sorted(self.config.profiles))
+            raise ConfigError([f"profiles.{profile}: no such profile (configured: {known})"])
+
+    # -- due -----------------------------------------------------------------
+    def due_profiles(self) -> list[str]:
+        """Profiles whose scheduled refresh time has passed, in O(1) round trips."""
+        _, due = self.store.due(self.config.profiles)
+        return due
+
+    def sync_profiles(self) -> None:
+        """Publish the profile list for bare readers (scopes only: nothing secret)."""
+        self.store.register_profiles({
+            name: {"scopes": p.scopes, "margin_seconds": self.config.margin_for(name)}
+            for name, p in self.config.profiles.items()
+        })
+
+    def _is_due(self, profile: str, token: Token | None, now: float) -> bool:
+        rejected = token is not None and self.store.is_rejected(profile, token.fingerprint)
+        expires_at = token.expires_at if token else None
+        refresh_at = token.refresh_at if token else None
+        state = token_state(expires_at, refresh_at, now, rejected=rejected)
+        return state is not TokenState.VALID
+
+    def _read_token(self, profile: str) -> Token | None:
+        try:
+            return self.store.get_token(profile)
+        except StoreError as exc:
+            # unreadable (e.g. a key we cannot decrypt): replace it
+            log.warning("profile=%s stored token unreadable, will replace: %s", profile, exc)
+            return None
+
+    # -- refresh -------------------------------------------------------------
+    def refresh_profile(
+        self, profile: str, force: bool = False, *, requested_at: float | None = None,
+        wait_seconds: float | None = None,
+    ) -> RefreshResult:
+        """Refresh one profile if it is due (or always, when forced).
+
+        A forced refresh asks for a token issued after ``requested_at`` (default:
+        now on the fleet clock). When another process holds the lock it waits for
+        that refresh, up to ``wait_seconds`` (default: the lock TTL), and is
+        satisfied by its token if issued after the request; otherwise it refreshes
+        itself. So concurrent forced refreshes coalesce into one endpoint call.
+
+        Raises:
+            ConfigError: unknown profile.
+            redis.RedisError: Redis is unreachable (nothing was requested).
+        """
+        self._check_profile(profile)
+        now = self.store.time()
+        if requested_at is None:
+            requested_at = now
+        if not force and not self._is_due(profile, self._read_token(profile), now):
+            return RefreshResult(profile, Outcome.NOT_DUE)
+        ttl = self.config.lock_ttl_seconds
+        deadline = time.monotonic() + (ttl if wait_seconds is None else wait_seconds)
+        while True:
+            owner = self.store.acquire_lock(profile, ttl)
+            if owner is not None:
+                break
+            if not force:
+                # someone is refreshing it right now; their result is ours
+                return RefreshResult(profile, Outcome.DONE_ELSEWHERE)
+            done = self._wait_for_issue_after(profile, requested_at, deadline)
+            if done is not None:
+                return RefreshResult(profile, Outcome.DONE_ELSEWHERE, done.fingerprint,
+                                     done.expires_at, done.issued_at)
+            if time.monotonic() >= deadline:
+                return RefreshResult(profile, Outcome.FAILED,
+                                     error="another refresh holds the lock; gave up waiting",
+                                     error_code="lock_busy")
+        try:
+            return self._refresh_locked(profile, force, requested_at)
+        finally:
+            self.store.release_lock(profile, owner)
+
+    def _wait_for_issue_after(
+        self, profile: str, requested_at: float, deadline: float
+    ) -> Token | None:
+        """Wait while the lock is held; the token if one issued after the request appears."""
+        pubsub = self.store.pubsub()
+        try:
+            pubsub.subscribe(self.store.keys.events())
+            while time.monotonic() < deadline:
+                token = self._read_token(profile)
+                if token is not None and token.issued_at >= requested_at:
+                    return token
+                if self.store.lock_ttl(profile) <= 0:
+                    return None  # free again: go and take it
+                pubsub.get_message(timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
+            return None
+        finally:
+            pubsub.close()
+
+    def _refresh_locked(self, profile: str, force: bool, requested_at: float) -> RefreshResult:
+        now = self.store.time()
+        current = self._read_token(profile)
+        # re-read under the lock: another process may have just finished
+        if force:
+            if current is not None and current.issued_at >= requested_at:
+                return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current.fingerprint,
+                                     current.expires_at, current.issued_at)
+        elif not self._is_due(profile, current, now):
+            return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current and current.fingerprint,
+                                 current and current.expires_at)
+        self.store.record_attempt(profile, now)
+        started = time.monotonic()
+        issued, error, calls, sent_at = self._request(profile)
+        if issued is None:
+            assert error is not None
+            return self._failed(profile, error, current, calls, time.monotonic() - started)
+        issued_at = now + sent_at
+        expires_at = issued_at + issued.expires_in
+        token = Token(
+            access_token=issued.access_token, token_type=issued.token_type, scopes=issued.scopes,
+            issued_at=issued_at, expires_at=expires_at,
+            refresh_at=schedule_refresh(issued_at, expires_at, self.config.margin_for(profile),
+                                        rng=self.rng),
+        )
+        written = self.store.publish(profile, token)
+        duration = time.monotonic() - started
+        if written != 1:
+            # a newer token won the race (or ours died in transit); leave theirs
+            log.info("refresh profile=%s outcome=done_elsewhere fingerprint=%s duration=%.3fs "
+                     "reason=%s", profile, token.fingerprint, duration,
+                     "newer token already published" if written == 0 else "expired in transit")
+            return RefreshResult(profile, Outcome.DONE_ELSEWHERE, calls=calls)
+        self.store.record_success(profile, now, token)
+        log.info("refresh profile=%s outcome=refreshed fingerprint=%s expires_in=%.0fs "
+                 "duration=%.3fs calls=%d", profile, token.fingerprint, issued.expires_in,
+                 duration, calls)
+        return RefreshResult(profile, Outcome.REFRESHED, token.fingerprint, token.expires_at,
+                             token.issued_at, calls=calls)
+
+    def _request(
+        self, profile: str
+    ) -> tuple[IssuedToken | None, TokenRequestError | ConfigError | None, int, float]:
+        """One attempt: the call plus a few retries of retryable errors.
+
+        Returns (token or None, the error or None, calls made, when the successful
+        request was sent in seconds after the attempt began), so ``issued_at`` errs
+        early, never late. Retries happen only while the profile was healthy: once it
+        is failing, the shared backoff schedule decides, so an outage costs one call
+        per attempt across the fleet.
+        """
+        client = self.config.client_for(profile)
+        scopes = self.config.profiles[profile].scopes
+        failing = int(self.store.status(profile).get("consecutive_failures") or 0) > 0
+        retries = 0 if failing else self.config.refresh.retries
+        base = time.monotonic()
+        for attempt in range(retries + 1):
+            sent_at = time.monotonic() - base
+            try:
+                return self.client.request_token(client, scopes), None, attempt + 1, sent_at
+            except ConfigError as exc:
+                return None, exc, attempt, sent_at
+            except TokenRequestError as exc:
+                pause = self.rng.uniform(0, min(RETRY_SLEEP_CAP, 0.25 * 2**attempt))
+                if exc.retry_after is not None:
+                    pause = max(pause, exc.retry_after)
+                # past the cap, the across-tick schedule honours Retry-After instead
+                if not exc.retryable or attempt == retries or pause > RETRY_SLEEP_CAP:
+                    return None, exc, attempt + 1, sent_at
+                log.info("refresh profile=%s retrying after %s in %.2fs", profile, exc.error,
+                         pause)
+                self.sleep(pause)
+        raise AssertionError("unreachable")  # the last iteration always returns
+
+    def _failed(self, profile: str, exc: TokenRequestError | ConfigError, current: Token | None,
+                calls: int, duration: float) -> RefreshResult:
+        if isinstance(exc, TokenRequestError):
+            code, retryable, retry_after = exc.error, exc.retryable, exc.retry_after
+            message = str(exc)
+        else:
+            code, retryable, retry_after = "config_error", False, None
+            message = "; ".join(exc.problems)
+        now = self.store.time()
+        time_left = current.expires_at - now if current is not None else None
+        status = self.store.status(profile)
+        failures_before = int(status.get("consecutive_failures") or 0)
+        delay = next_attempt_delay(failures_before + 1, retryable, time_left,
+                                   self.config.refresh.interval_seconds, retry_after, self.rng)
+        failures, previous = self.store.record_failure(profile, now, message, code, now + delay)
+        level = logging.ERROR if code != previous else logging.WARNING
+        log.log(level, "refresh profile=%s outcome=failed error=%s retryable=%s failures=%d "
+                "next_attempt_in=%.1fs duration=%.3fs calls=%d: %s", profile, code, retryable,
+                failures, delay, duration, calls, message)
+        return RefreshResult(profile, Outcome.FAILED, error=message, error_code=code, calls=calls)
+
+    def refresh_many(self, profiles: list[str], force: bool = False,
+                     requested_at: float | None = None) -> list[RefreshResult]:
+        """Refresh several profiles in this process, one after another."""
+        return [self.refresh_profile(p, force, requested_at=requested_at) for p in profiles]
+
+    def close(self) -> None:
+        self.client.close()
+        try:
+            self.store.redis.close()
+        except redis.RedisError:
+            pass
