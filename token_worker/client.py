@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
+from typing import Any
 
 import requests
 
@@ -107,7 +107,7 @@ def parse_token_response(
     access_token = body.get("access_token")
     if not isinstance(access_token, str) or not access_token.strip():
         raise _malformed(client_id, "access_token missing or empty")
-    raw_expires = body.get("expires_in")
+    raw_expires: Any = body.get("expires_in")
     try:
         expires_in = float(raw_expires) if not isinstance(raw_expires, bool) else math.nan
     except (TypeError, ValueError):
@@ -124,8 +124,8 @@ def parse_token_response(
     missing = [s for s in scopes if s not in granted]
     if missing:
         raise _malformed(client_id, f"scopes not granted: {' '.join(missing)}")
-    return IssuedToken(access_token=access_token, expires_in=expires_in, token_type="Bearer",
-                       scopes=granted)
+    return IssuedToken(access_token=access_token, expires_in=expires_in,
+                       token_type="Bearer", scopes=granted)  # noqa: S106 (a type name)
 
 
 def error_from_response(response: requests.Response, client_id: str) -> TokenRequestError:

@@ -36,7 +36,7 @@ __all__ = [
 
 log = logging.getLogger("token_worker.config")
 
-DEFAULT_TOKEN_URL = "https://secure.stitch.money/connect/token"
+DEFAULT_TOKEN_URL = "https://secure.stitch.money/connect/token"  # noqa: S105 (a URL)
 DEFAULT_PATH = "token_worker.toml"
 ENV_CONFIG = "TOKEN_WORKER_CONFIG"
 ENV_REDIS_URL = "TOKEN_WORKER_REDIS_URL"
@@ -174,7 +174,8 @@ class ClientSettings(_Section):
                      f"({exc.strerror or type(exc).__name__})"]
                 ) from None
             if not value:
-                raise ConfigError([f"{where}.client_secret_file: {self.client_secret_file} is empty"])
+                raise ConfigError(
+                    [f"{where}.client_secret_file: {self.client_secret_file} is empty"])
             return SecretStr(value)
         raise ConfigError([f"{where}: has no client secret (it uses certificate_file)"])
 

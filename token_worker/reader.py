@@ -52,7 +52,7 @@ class _Invalidator(threading.Thread):
     def run(self) -> None:
         backoff = 0.1
         while not self.stopping.is_set():
-            pubsub = self.reader.store.redis.pubsub(ignore_subscribe_messages=False)
+            pubsub = self.reader.store.pubsub(ignore_subscribe_messages=False)
             try:
                 pubsub.subscribe(self.reader.store.keys.events())
                 while not self.stopping.is_set():
@@ -297,7 +297,7 @@ class TokenReader:
 
     def _wait(self, profile: str, wait: float) -> Token:
         deadline = time.monotonic() + wait
-        pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.store.pubsub()
         last_exc: TokenUnavailable | None = None
         try:
             pubsub.subscribe(self.store.keys.events())

@@ -229,8 +229,9 @@ class Refresher:
                 return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current.fingerprint,
                                      current.expires_at, current.issued_at)
         elif not self._is_due(profile, current, now):
-            return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current and current.fingerprint,
-                                 current and current.expires_at)
+            assert current is not None  # a missing token is always due
+            return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current.fingerprint,
+                                 current.expires_at, current.issued_at)
         self.store.record_attempt(profile, now)
         started = time.monotonic()
         issued, error, calls, sent_at = self._request(profile)

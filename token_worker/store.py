@@ -206,7 +206,7 @@ class TokenStore:
         now_s, members, count = self._due(keys=[self.keys.schedule()])
         due = [p for p in members if p in configured]
         if int(count) != len(configured):
-            known = set(self.redis.zrange(self.keys.schedule(), 0, -1))
+            known: set[str] = set(self.redis.zrange(self.keys.schedule(), 0, -1))  # type: ignore[arg-type]
             due.extend(sorted(configured - known))
             stale = known - configured
             if stale:  # removed from the config: keep the next tick O(1)
@@ -217,7 +217,9 @@ class TokenStore:
         self.redis.zadd(self.keys.schedule(), {profile: when})
 
     def schedule(self) -> dict[str, float]:
-        return dict(self.redis.zrange(self.keys.schedule(), 0, -1, withscores=True))
+        pairs: list[tuple[str, float]] = self.redis.zrange(  # type: ignore[assignment]
+            self.keys.schedule(), 0, -1, withscores=True)
+        return dict(pairs)
 
     def register_profiles(self, profiles: dict[str, dict[str, Any]]) -> None:
         """Record the configured profiles so bare readers can tell 'unknown' apart."""
@@ -230,7 +232,8 @@ class TokenStore:
 
     # -- status --------------------------------------------------------------
     def status(self, profile: str) -> dict[str, str]:
-        return dict(self.redis.hgetall(self.keys.status(profile)))
+        fields: dict[str, str] = self.redis.hgetall(self.keys.status(profile))  # type: ignore[assignment]
+        return fields
 
     def statuses(self, profiles: list[str]) -> list[dict[str, str]]:
         pipe = self.redis.pipeline(transaction=False)
@@ -298,5 +301,7 @@ class TokenStore:
         pttl = self.redis.pttl(self.keys.lock(profile))
         return pttl / 1000.0 if pttl > 0 else 0.0
 
-    def pubsub(self) -> Any:
-        return self.redis.pubsub(ignore_subscribe_messages=True)
+    def pubsub(self, ignore_subscribe_messages: bool = True) -> Any:
+        """A pub/sub connection (redis-py leaves this one untyped)."""
+        client: Any = self.redis
+        return client.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
