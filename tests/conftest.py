@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,16 @@ from token_worker.emulator import Emulator
 from token_worker.refresh import Refresher
 
 from .support import CLIENT_ID, SECRET, RedisServer, write_config
+
+
+@pytest.fixture(autouse=True)
+def _restore_token_worker_logging() -> Iterator[None]:
+    """The CLI configures the token_worker logger (own handler, no propagation); undo it
+    after each test so a later test's caplog still sees token_worker's logs."""
+    logger = logging.getLogger("token_worker")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import redis
 
 from .config import Config, config_warnings, credential_problems, load_config, redact_url
 from .exceptions import ConfigError, TokenWorkerError
-from .status import ProfileStatus, read_statuses
+from .status import ProfileStatus, certificate_expiries, read_statuses
 from .store import TokenStore, connect_redis
 
 log = logging.getLogger("token_worker.cli")
@@ -52,6 +53,8 @@ def _errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
+            if len(exc.problems) == 1:  # one problem, one line
+                raise Usage(f"invalid config: {exc.problems[0]}") from None
             raise Usage("\n  ".join(["invalid config:", *exc.problems])) from None
         except redis.RedisError as exc:
             raise Fail(f"Redis unreachable: {type(exc).__name__}: {exc}") from None
@@ -145,6 +148,26 @@ def render_table(rows: list[ProfileStatus]) -> str:
                      .rstrip() for row in table)
 
 
+def render_certificates(certs: dict[str, tuple[str, float | None]]) -> list[str]:
+    """One line per certificate client: when its certificate expires, or "unknown"."""
+    by_client: dict[str, list[str]] = {}
+    for profile, (client, _) in certs.items():
+        by_client.setdefault(client, []).append(profile)
+    expiry = {client: when for client, when in certs.values()}
+    lines = []
+    for client, profiles in by_client.items():
+        when = expiry[client]
+        if when is None:
+            state = "expiry unknown (certificate not readable on this host)"
+        else:
+            left = when - time.time()
+            stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+            state = (f"EXPIRED {stamp}" if left <= 0 else
+                     f"expires {stamp} (in {int(left // 86400)}d)")
+        lines.append(f"certificate clients.{client}: {state}  [{', '.join(profiles)}]")
+    return lines
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per profile.")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
@@ -153,16 +176,26 @@ def render_table(rows: list[ProfileStatus]) -> str:
 def status(state: State, as_json: bool, watch: bool) -> None:
     """Show every profile's token state (needs only Redis)."""
     store = state.store()
+    if watch:
+        # Ctrl-C ends a watch cleanly (exit 0), whatever it interrupts (a Redis read too)
+        signal.signal(signal.SIGINT, lambda *_: sys.exit(EXIT_OK))
     while True:
         rows = read_statuses(state.config, store)
         if as_json:
-            click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+            certs = certificate_expiries(state.config)
+            data = [r.to_dict() for r in rows]
+            for item in data:
+                if item["profile"] in certs:
+                    item["certificate_expires_at"] = certs[item["profile"]][1]
+            click.echo(json.dumps(data, indent=2))
         else:
             if watch:
                 click.clear()
                 click.echo(f"token_worker status  {time.strftime('%H:%M:%S')}  "
                            f"redis {redact_url(state.config.redis.url)}  (Ctrl-C to quit)\n")
             click.echo(render_table(rows))
+            for line in render_certificates(certificate_expiries(state.config)):
+                click.echo(line)
         if not watch:
             return
         try:
@@ -300,6 +333,21 @@ def config_check(state: State) -> None:
                f"{len(config.clients)} clients, redis {redact_url(config.redis.url)}")
 
 
+@cli.command()
+@click.option("--kid", default=None, metavar="NAME",
+              help="Key id: 1-32 of A-Z a-z 0-9 _ . - (default: k + today's UTC date).")
+def keygen(kid: str | None) -> None:
+    """Print a new encryption-at-rest key entry (kid:base64) for redis.encryption_keys_*."""
+    from .crypto import generate_key, parse_keys
+
+    entry = generate_key(time.strftime("k%Y%m%d", time.gmtime()) if kid is None else kid)
+    try:
+        parse_keys(entry, where="--kid")
+    except ConfigError:
+        raise Usage("--kid: use 1-32 of A-Z a-z 0-9 _ . -") from None
+    click.echo(entry)
+
+
 # -- processes ----------------------------------------------------------------
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--concurrency", "-c", type=int, default=None,
@@ -328,11 +376,24 @@ def worker(state: State, concurrency: int | None, no_beat: bool,
 @click.option("--client", "clients", multiple=True, metavar="CLIENT_ID=SECRET_ENV",
               help="Accept only this client, its secret read from env var SECRET_ENV. "
                    "Default: any client with any non-empty secret.")
-def emulator(host: str, port: int, expires_in: float, clients: tuple[str, ...]) -> None:
+@click.option("--certificate", "certificates", multiple=True, metavar="CLIENT_ID=PEM_FILE",
+              help="Accept private_key_jwt assertions from this client, verified with the "
+                   "certificate (or public key) in PEM_FILE.")
+def emulator(host: str, port: int, expires_in: float, clients: tuple[str, ...],
+             certificates: tuple[str, ...]) -> None:
     """A local Stitch-compatible token endpoint for development."""
     import os
+    from pathlib import Path
 
     from .emulator import serve
+
+    pems: dict[str, bytes | str] = {}
+    for spec in certificates:
+        client_id, _, pem_file = spec.partition("=")
+        try:
+            pems[client_id] = Path(pem_file).read_bytes()
+        except OSError as exc:
+            raise Usage(f"--certificate {spec}: cannot read {pem_file} ({exc.strerror})") from None
 
     accepted: dict[str, str] | None = None
     if clients:
@@ -342,7 +403,10 @@ def emulator(host: str, port: int, expires_in: float, clients: tuple[str, ...]) 
             if not client_id or not env or not os.environ.get(env):
                 raise Usage(f"--client {spec}: expected CLIENT_ID=SECRET_ENV with SECRET_ENV set")
             accepted[client_id] = os.environ[env]
-    serve(host, port, clients=accepted, expires_in=expires_in)
+    try:
+        serve(host, port, clients=accepted, expires_in=expires_in, certificates=pems)
+    except ValueError as exc:  # a PEM without an RSA certificate or public key
+        raise Usage(f"--certificate: {exc}") from None
 
 
 @cli.command()
@@ -350,13 +414,39 @@ def emulator(host: str, port: int, expires_in: float, clients: tuple[str, ...]) 
               help="Emulator port (default: a free one).")
 @click.option("--lifetime", type=click.FloatRange(min=5), default=30, show_default=True,
               help="Token lifetime the emulator issues, in seconds.")
+@click.option("--duration", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="Stop by itself after this many seconds (CI, scripts); default: until Ctrl-C.")
 @pass_state
 @_errors
-def demo(state: State, port: int, lifetime: float) -> None:
+def demo(state: State, port: int, lifetime: float, duration: float | None) -> None:
     """Emulator, worker, beat and a live status view on this machine, until Ctrl-C."""
     from .demo import run_demo
 
-    run_demo(state.config_path, port=port, lifetime=lifetime)
+    run_demo(state.config_path, port=port, lifetime=lifetime, duration=duration)
+
+
+@cli.command("metrics")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind (0.0.0.0 for a Kubernetes sidecar).")
+@click.option("--port", type=click.IntRange(1, 65535), default=9464, show_default=True)
+@pass_state
+@_errors
+def metrics_command(state: State, host: str, port: int) -> None:
+    """Serve the per-profile gauges from Redis on /metrics, until SIGTERM (needs only Redis)."""
+    import threading
+
+    from .metrics import serve_sidecar
+
+    config = state.config
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve_sidecar(config, host, port, stop)
+    except ImportError as exc:
+        raise Fail(str(exc)) from None
+    except OSError as exc:
+        raise Fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def main(argv: list[str] | None = None) -> None:

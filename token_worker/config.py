@@ -26,6 +26,7 @@ __all__ = [
     "KNOWN_SCOPES",
     "ClientSettings",
     "Config",
+    "MetricsSettings",
     "ProfileSettings",
     "config_warnings",
     "credential_problems",
@@ -56,15 +57,22 @@ KNOWN_SCOPES = (
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+_QUERY_PASSWORD = re.compile(r"(?<![^&])(password|passwd|pass)=[^&]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``, safe to print."""
     parts = urlsplit(url)
-    if parts.password is None:
+    # redis-py and kombu also take the password as a query argument
+    query = _QUERY_PASSWORD.sub(r"\1=***", parts.query)
+    netloc = parts.netloc
+    if parts.password is not None:
+        # split by hand: keeps IPv6 brackets, and a bad port cannot raise inside a repr
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class _Section(BaseModel):
@@ -139,6 +147,12 @@ class RefreshSettings(_Section):
         return calls * timeout_seconds + calls * 2.0 + 10.0
 
 
+class MetricsSettings(_Section):
+    # the worker's own /metrics endpoint (needs the metrics extra); 0 disables it
+    port: int = Field(default=0, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
 class ClientSettings(_Section):
     client_id: str = Field(min_length=1)
     client_secret_env: str | None = None
@@ -191,6 +205,7 @@ class Config(_Section):
     celery: CelerySettings = CelerySettings()
     stitch: StitchSettings = StitchSettings()
     refresh: RefreshSettings = RefreshSettings()
+    metrics: MetricsSettings = MetricsSettings()
     clients: dict[str, ClientSettings] = Field(default_factory=dict)
     profiles: dict[str, ProfileSettings] = Field(default_factory=dict)
     _path: str = PrivateAttr(default="")
@@ -245,6 +260,10 @@ def _structure_problems(exc: ValidationError) -> list[str]:
 def _semantic_problems(data: dict[str, Any]) -> list[str]:
     """Cross-key rules, checked on the raw data so they are reported with the rest."""
     problems: list[str] = []
+    redis_section = data.get("redis")
+    if isinstance(redis_section, dict) and redis_section.get("encryption_keys_env") \
+            and redis_section.get("encryption_keys_file"):
+        problems.append("redis: set at most one of encryption_keys_env, encryption_keys_file")
     clients = data.get("clients") or {}
     profiles = data.get("profiles") or {}
     if not isinstance(clients, dict) or not isinstance(profiles, dict):
@@ -260,6 +279,8 @@ def _semantic_problems(data: dict[str, Any]) -> list[str]:
                     f"clients.{name}: set exactly one of client_secret_env, client_secret_file, "
                     f"certificate_file (found {len(given) or 'none'})"
                 )
+    if not clients:
+        problems.append("clients: at least one client is required")
     if not profiles:
         problems.append("profiles: at least one profile is required")
     for name, profile in profiles.items():
@@ -276,7 +297,7 @@ def _semantic_problems(data: dict[str, Any]) -> list[str]:
                 problems.append(f"profiles.{name}.scopes: lists a scope twice")
         client = profile.get("client")
         if client is None:
-            if len(clients) != 1:
+            if len(clients) > 1:  # none at all is reported once, under clients
                 problems.append(
                     f"profiles.{name}.client: required when {len(clients)} clients are configured"
                 )
@@ -345,6 +366,13 @@ def credential_problems(config: Config) -> list[str]:
             client.read_secret()
         except ConfigError as exc:
             problems.extend(exc.problems)
+    if config.redis.encryption_keys_env or config.redis.encryption_keys_file:
+        from .crypto import codec_for
+
+        try:
+            codec_for(config)  # parses every key: problems name the entry, never the key
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     return problems
 
 
@@ -367,4 +395,10 @@ def config_warnings(config: Config) -> list[str]:
     for name, client in config.clients.items():
         if client.certificate_file:
             warnings.extend(certificate_problems(name, client.certificate_file)[1])
+    if config.metrics.port:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            warnings.append("metrics.port: prometheus-client is not installed, so the worker "
+                            "will run without /metrics (pip install 'token_worker[metrics]')")
     return warnings

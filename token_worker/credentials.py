@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import hashlib
 import secrets
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ __all__ = [
     "CERT_WARN_DAYS",
     "Certificate",
     "build_assertion",
+    "certificate_not_after",
     "certificate_problems",
     "load_certificate",
+    "permission_warning",
 ]
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -68,7 +71,9 @@ def load_certificate(path: str, where: str = "certificate_file") -> Certificate:
     start = data.find(b"-----BEGIN")
     while start != -1:
         end = data.find(b"-----END", start)
-        end = data.find(b"-----", end + 8) + 5 if end != -1 else len(data)
+        close = data.find(b"-----", end + 8) if end != -1 else -1
+        # a truncated block runs to the end of the file (and must not loop forever)
+        end = close + 5 if close != -1 else len(data)
         block = data[start:end]
         if b"PRIVATE KEY" in block.split(b"\n", 1)[0]:
             try:
@@ -82,15 +87,48 @@ def load_certificate(path: str, where: str = "certificate_file") -> Certificate:
     not_after: dt.datetime | None = None
     kid: str | None = None
     try:
-        cert = x509.load_pem_x509_certificate(data)
+        certs = x509.load_pem_x509_certificates(data)
     except ValueError:
-        cert = None
-    if cert is not None:
-        not_after = cert.not_valid_after_utc
-        # the SHA-1 thumbprint (x5t) is how Stitch and most servers name a certificate
-        der = cert.public_bytes(serialization.Encoding.DER)
-        kid = base64.urlsafe_b64encode(hashlib.sha1(der).digest()).rstrip(b"=").decode()  # noqa: S324
+        certs = []
+    if certs:
+        # the leaf is the certificate of our key, wherever the chain puts it
+        mine = key.public_key()
+        leaf = next((c for c in certs if c.public_key() == mine), None)
+        if leaf is None:
+            raise ConfigError([f"{where}: no certificate in {path} matches its private key"])
+        not_after = leaf.not_valid_after_utc
+        # the SHA-1 thumbprint (x5t) is how Stitch and most servers name a certificate;
+        # SHA-1 is the definition of x5t here, not a security decision
+        der = leaf.public_bytes(serialization.Encoding.DER)
+        digest = hashlib.sha1(der, usedforsecurity=False).digest()
+        kid = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
     return Certificate(private_key=key, not_after=not_after, kid=kid)
+
+
+def certificate_not_after(path: str) -> dt.datetime | None:
+    """The expiry of the first certificate in ``path``; None when it cannot be read here.
+
+    Parses the certificate only (never the private key), so ``status`` can show it,
+    and degrades to None on hosts without the file or the crypto extra.
+    """
+    try:
+        from cryptography import x509
+
+        return x509.load_pem_x509_certificate(Path(path).read_bytes()).not_valid_after_utc
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def permission_warning(path: str, where: str) -> str | None:
+    """A warning when a file holding a credential is readable by group or others."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return None  # unreadable files are reported as problems elsewhere
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (f"{where}: {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+    return None
 
 
 def certificate_problems(name: str, path: str) -> tuple[list[str], list[str]]:
@@ -100,15 +138,16 @@ def certificate_problems(name: str, path: str) -> tuple[list[str], list[str]]:
         cert = load_certificate(path, where)
     except ConfigError as exc:
         return exc.problems, []
+    warnings = [w for w in [permission_warning(path, where)] if w]
     if cert.not_after is None:
-        return [], [f"{where}: {path} has no certificate; expiry cannot be checked"]
+        return [], [f"{where}: {path} has no certificate; expiry cannot be checked", *warnings]
     left = cert.not_after - dt.datetime.now(dt.UTC)
     if left.total_seconds() <= 0:
-        return [f"{where}: certificate expired on {cert.not_after:%Y-%m-%d %H:%M} UTC"], []
+        return [f"{where}: certificate expired on {cert.not_after:%Y-%m-%d %H:%M} UTC"], warnings
     if left.days < CERT_WARN_DAYS:
-        return [], [f"{where}: certificate expires in {left.days} days "
-                    f"({cert.not_after:%Y-%m-%d} UTC)"]
-    return [], []
+        warnings.insert(0, f"{where}: certificate expires in {left.days} days "
+                           f"({cert.not_after:%Y-%m-%d} UTC)")
+    return [], warnings
 
 
 def build_assertion(client_id: str, audience: str, cert: Certificate) -> str:

@@ -45,6 +45,9 @@ def parse_keys(spec: str, where: str = "redis.encryption_keys") -> list[tuple[st
             key = b""
         if not _KID.match(kid) or len(key) != 32:
             raise ConfigError([f"{where}: entry {i + 1} is not 'kid:base64 of 32 bytes'"])
+        if any(kid == seen for seen, _ in keys):
+            # two keys under one id: which one decrypts would be a guess
+            raise ConfigError([f"{where}: entry {i + 1} repeats key id {kid!r}"])
         keys.append((kid, key))
     if not keys:
         raise ConfigError([f"{where}: no keys listed"])

@@ -1,6 +1,7 @@
 """A Stitch-compatible OAuth 2.0 client-credentials token endpoint for development and tests.
 
-Stdlib only. :class:`Emulator` serves ``POST /connect/token`` with Stitch's validation rules,
+Stdlib only (certificate clients need PyJWT and cryptography, imported on first use).
+:class:`Emulator` serves ``POST /connect/token`` with Stitch's validation rules,
 a fake ``/api`` and ``/graphql`` that answer 401 to expired, revoked or foreign tokens, fault
 injection, and a JSON control API under ``/_emulator/`` for tests that run it in another
 process. Secrets and issued tokens are never logged: only client ids, scopes and statuses.
@@ -17,7 +18,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -37,6 +38,10 @@ KNOWN_SCOPES: tuple[str, ...] = (
     "client_consentrequest",
 )
 TOKEN_PATH = "/connect/token"  # noqa: S105 - a URL path, not a password
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# private_key_jwt: clock skew allowed, and the longest-lived assertion accepted
+ASSERTION_LEEWAY_SECONDS = 30
+ASSERTION_MAX_LIFETIME_SECONDS = 300
 
 # (status, content type, body, extra headers)
 _Reply = tuple[int, str, bytes, dict[str, str]]
@@ -87,17 +92,23 @@ class Emulator:
         audience: The audience requests must carry; ``None`` means the emulator's token URL,
             as :attr:`url` spells it or as the client addressed it (Host header).
         extra_scopes: Scopes accepted besides :data:`KNOWN_SCOPES`.
+        certificates: ``client_id -> PEM`` (certificate or RSA public key) of private_key_jwt
+            clients; see :meth:`add_certificate_client`.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
                  clients: dict[str, str] | None = None, expires_in: int | float = 3600,
-                 audience: str | None = None, extra_scopes: tuple[str, ...] = ()) -> None:
+                 audience: str | None = None, extra_scopes: tuple[str, ...] = (),
+                 certificates: Mapping[str, bytes | str] | None = None) -> None:
         self.host, self._port, self._audience = host, port, audience
         self._clients = dict(clients) if clients is not None else None
         self._expires_in = float(expires_in)
         self._scopes = frozenset(KNOWN_SCOPES) | frozenset(extra_scopes)
         # Seam for private_key_jwt: verifier(client_id, form) -> accepted.
         self.assertion_verifier: Callable[[str, dict[str, str]], bool] | None = None
+        self._certificates: dict[str, tuple[Any, str | None]] = {}  # id -> (key, x5t)
+        self._jtis: dict[tuple[str, str], float] = {}  # (client id, jti) -> forget after
+        self._request = threading.local()  # the Host header the current handler saw
         self.issued_tokens: list[str] = []
         self._live: dict[str, tuple[float, str]] = {}  # token -> (monotonic expiry, scope)
         self._lock = threading.Lock()
@@ -106,6 +117,8 @@ class Emulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.reset()
+        for client_id, pem in (certificates or {}).items():
+            self.add_certificate_client(client_id, pem)
 
     def reset(self) -> None:
         """Clear counters, faults and latency; clients, lifetime and issued tokens stay."""
@@ -218,6 +231,91 @@ class Emulator:
         with self._lock:
             self._live.pop(access_token, None)
 
+    # -- private_key_jwt --------------------------------------------------------------------
+
+    def add_certificate_client(self, client_id: str, pem: bytes | str) -> None:
+        """Accept ``client_id`` with RS256 client assertions signed by the key of ``pem``.
+
+        Installs :meth:`verify_assertion` as :attr:`assertion_verifier` unless another
+        verifier is set. Needs PyJWT and cryptography (the ``crypto`` extra).
+
+        Args:
+            client_id: The client id the assertions must name as ``iss`` and ``sub``.
+            pem: A PEM certificate (its SHA-1 thumbprint must then match any ``kid``)
+                or a PEM RSA public key.
+
+        Raises:
+            ValueError: ``pem`` holds neither an RSA certificate nor an RSA public key.
+        """
+        key, kid = _rsa_public_key(pem.encode() if isinstance(pem, str) else pem)
+        with self._lock:
+            self._certificates[client_id] = (key, kid)
+        if self.assertion_verifier is None:
+            self.assertion_verifier = self.verify_assertion
+
+    def verify_assertion(self, client_id: str, form: dict[str, str]) -> bool:
+        """Check a private_key_jwt token request as an authorization server must (RFC 7523).
+
+        Accepted when the assertion type is jwt-bearer, the JWT is RS256-signed by the
+        client's registered key, ``iss`` = ``sub`` = client id, ``aud`` is this token URL,
+        ``exp``/``nbf``/``iat`` hold (30 s leeway; at most 300 s of life) and its ``jti``
+        was never accepted before. The reason for a refusal is logged, never the JWT.
+        """
+        problem = self._assertion_problem(client_id, form)
+        if problem is not None:
+            log.info("client assertion refused client_id=%r: %s", client_id, problem)
+        return problem is None
+
+    def _assertion_problem(self, client_id: str, form: dict[str, str]) -> str | None:
+        import jwt
+
+        with self._lock:
+            registered = self._certificates.get(client_id)
+        if registered is None:
+            return "no certificate registered for this client"
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            return "client_assertion_type is not jwt-bearer"
+        key, kid = registered
+        assertion = form.get("client_assertion", "")
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.InvalidTokenError:
+            return "not a JWT"
+        if header.get("alg") != "RS256":
+            return "alg is not RS256"
+        if kid is not None and header.get("kid", kid) != kid:
+            return "kid names another certificate"
+        host = getattr(self._request, "host", "")
+        audiences = [self.url] + ([f"http://{host}{TOKEN_PATH}"] if host else [])
+        try:
+            claims = jwt.decode(
+                assertion, key, algorithms=["RS256"], audience=audiences, issuer=client_id,
+                leeway=ASSERTION_LEEWAY_SECONDS,
+                options={"require": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"]},
+            )
+        except jwt.InvalidTokenError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        now, jti = time.time(), claims["jti"]
+        if claims["sub"] != client_id:
+            return "sub is not the client id"
+        if not isinstance(claims["aud"], str):
+            return "aud is not the token URL alone"
+        if float(claims["iat"]) > now + ASSERTION_LEEWAY_SECONDS:
+            return "iat is in the future"
+        if float(claims["exp"]) - float(claims["iat"]) > ASSERTION_MAX_LIFETIME_SECONDS:
+            return f"lives longer than {ASSERTION_MAX_LIFETIME_SECONDS}s"
+        if not isinstance(jti, str) or not jti:
+            return "jti is empty"
+        with self._lock:
+            # Remembered until the assertion could no longer pass the exp check anyway.
+            for seen, until in list(self._jtis.items()):
+                if until < now:
+                    del self._jtis[seen]
+            if (client_id, jti) in self._jtis:
+                return "jti replayed"
+            self._jtis[(client_id, jti)] = float(claims["exp"]) + ASSERTION_LEEWAY_SECONDS
+        return None
+
     # -- request handling, on server threads ----------------------------------------------
 
     def _token(self, content_type: str, body: bytes, host: str) -> _Reply | None:
@@ -225,6 +323,7 @@ class Emulator:
         raw = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True) if is_form else {}
         form = {key: values[0] for key, values in raw.items()}
         client_id, scope = form.get("client_id", ""), " ".join(form.get("scope", "").split())
+        self._request.host = host
         with self._lock:
             self._calls += 1
             self._in_flight += 1
@@ -362,6 +461,30 @@ class Emulator:
         return _json(200, {"ok": True})
 
 
+def _rsa_public_key(pem: bytes) -> tuple[Any, str | None]:
+    """(RSA public key, certificate SHA-1 thumbprint as base64url or None) from a PEM."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    kid: str | None = None
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        key: Any = serialization.load_pem_public_key(pem)
+    else:
+        key = cert.public_key()
+        der = cert.public_bytes(serialization.Encoding.DER)
+        digest = hashlib.sha1(der, usedforsecurity=False).digest()  # x5t is SHA-1 by definition
+        kid = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("not an RSA certificate or public key")
+    return key, kid
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a handler sleeping in a "timeout" fault must not block stop()
 
@@ -419,7 +542,8 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http.server: %s", format)
 
 
-def serve(host: str, port: int, *, clients: dict[str, str] | None, expires_in: float) -> None:
+def serve(host: str, port: int, *, clients: dict[str, str] | None, expires_in: float,
+          certificates: Mapping[str, bytes | str] | None = None) -> None:
     """Run an emulator in the foreground until Ctrl-C or SIGTERM, then shut down cleanly.
 
     Args:
@@ -427,13 +551,15 @@ def serve(host: str, port: int, *, clients: dict[str, str] | None, expires_in: f
         port: Port to bind; 0 picks a free one (the printed line says which).
         clients: ``client_id -> client_secret``, or ``None`` for dev mode.
         expires_in: Lifetime in seconds of the tokens issued.
+        certificates: ``client_id -> PEM`` of private_key_jwt clients.
     """
     stop = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if in_main else None
     if in_main:  # handlers can only be installed from the main thread
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    emulator = Emulator(host, port, clients=clients, expires_in=expires_in).start()
+    emulator = Emulator(host, port, clients=clients, expires_in=expires_in,
+                        certificates=certificates).start()
     try:
         print(f"Stitch emulator listening on {emulator.url}", flush=True)
         while not stop.wait(0.5):  # a timed wait keeps Ctrl-C responsive

@@ -89,7 +89,7 @@ class TokenUnavailable(TokenWorkerError):
     Attributes:
         profile: the profile asked for.
         reason: one of ``never_fetched``, ``expired``, ``redis_unreachable``,
-            ``unknown_profile``, ``encrypted``, ``unreadable``.
+            ``unknown_profile``, ``rejected``, ``encrypted``, ``unreadable``.
         last_error: the last refresh error recorded for the profile, if any.
     """
 

@@ -32,6 +32,8 @@ log = logging.getLogger("token_worker.reader")
 DEFAULT_MIN_TTL = 5.0
 # bound on serving from the cache should the invalidation channel fail silently
 DEFAULT_CACHE_MAX_AGE = 1.0
+# two lifetime readings of one stored value this close are the same (round-trip jitter)
+_SAME_DEADLINE = 0.05
 
 
 @dataclass(slots=True)
@@ -142,6 +144,9 @@ class TokenReader:
         self._cache: dict[str, _Entry] = {}
         self._generation: dict[str, int] = {}
         self._last: dict[str, Token] = {}
+        # profile -> (stored value, a token decoded from it): one tuple, so that threads
+        # racing to store can never pair one token's value with another's fields
+        self._decoded: dict[str, tuple[str, Token]] = {}
         self._rejected: dict[str, str] = {}
         self._invalidator: _Invalidator | None = None
 
@@ -186,6 +191,8 @@ class TokenReader:
 
     def _listening(self) -> bool:
         inv = self._invalidator
+        if inv is not None and inv.healthy:
+            return True  # healthy is cleared before the thread can exit: no is_alive() here
         if inv is None or not inv.is_alive():
             self._invalidator = inv = _Invalidator(self)
             inv.start()
@@ -240,12 +247,28 @@ class TokenReader:
                                    ) from None
         if value is None:
             raise self._diagnose(profile)
-        try:
-            token = self.store.decode(profile, value, ttl)
-        except StoreError as exc:
-            reason = "encrypted" if "encrypt" in str(exc) else "unreadable"
-            raise TokenUnavailable(profile, reason, str(exc)) from None
-        if self._rejected.get(profile) == token.fingerprint:
+        seen = self._decoded.get(profile)
+        if seen is not None and seen[0] == value:
+            # the value decoded last time (a token is read thousands of times per lifetime):
+            # same fields, so no json.loads or decryption. Both deadlines err early (PTTL
+            # plus the local clock once the answer is in); the object we hold is reused
+            # unless Redis now says less time is left, or clearly more (its clock stepped)
+            token = seen[1]
+            deadline = time.monotonic() + ttl
+            if not token.deadline <= deadline <= token.deadline + _SAME_DEADLINE:
+                token = Token(token.access_token, token.token_type, token.scopes,
+                              token.issued_at, token.expires_at, token.refresh_at, deadline)
+                self._decoded[profile] = (value, token)
+        else:
+            try:
+                token = self.store.decode(profile, value, ttl)
+            except StoreError as exc:
+                reason = "encrypted" if "encrypt" in str(exc) else "unreadable"
+                raise TokenUnavailable(profile, reason, str(exc)) from None
+            self._decoded[profile] = (value, token)
+        rejected = self._rejected.get(profile)
+        # hashing the token only when a rejection is on record keeps reads cheap
+        if rejected is not None and rejected == token.fingerprint:
             raise TokenUnavailable(profile, "rejected",
                                    "the current token was rejected by the API; waiting for "
                                    "its replacement")

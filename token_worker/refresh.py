@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from . import metrics
 from .client import IssuedToken, TokenClient
 from .config import Config
 from .exceptions import ConfigError, StoreError, TokenRequestError
@@ -39,6 +40,13 @@ BACKOFF_MAX_WITHOUT_TOKEN = 60.0
 ATTEMPTS_BEFORE_EXPIRY = 4
 # within one attempt: jittered backoff between retries, never longer than this
 RETRY_SLEEP_CAP = 2.0
+
+
+def _log_fields(profile: str, outcome: str, duration: float, fingerprint: str | None = None,
+                error_code: str | None = None) -> dict[str, Any]:
+    """The per-attempt fields ``--log-format json`` carries (never a token or secret)."""
+    return {"profile": profile, "outcome": outcome, "duration": round(duration, 3),
+            "fingerprint": fingerprint, "error_code": error_code}
 
 
 class Outcome(StrEnum):
@@ -174,6 +182,19 @@ class Refresher:
             ConfigError: unknown profile.
             redis.RedisError: Redis is unreachable (nothing was requested).
         """
+        result = self._refresh_profile(profile, force, requested_at=requested_at,
+                                       wait_seconds=wait_seconds)
+        if result.outcome in (Outcome.NOT_DUE, Outcome.DONE_ELSEWHERE):
+            # refreshed and failed are recorded with their details where they happen
+            self.store.record_outcome(profile, str(result.outcome))
+        metrics.observe_refresh(profile, str(result.outcome))
+        return result
+
+    def _refresh_profile(
+        self, profile: str, force: bool = False, *, requested_at: float | None = None,
+        wait_seconds: float | None = None,
+    ) -> RefreshResult:
+        """The refresh itself; :meth:`refresh_profile` wraps it to count outcomes."""
         self._check_profile(profile)
         now = self.store.time()
         if requested_at is None:
@@ -252,12 +273,14 @@ class Refresher:
             # a newer token won the race (or ours died in transit); leave theirs
             log.info("refresh profile=%s outcome=done_elsewhere fingerprint=%s duration=%.3fs "
                      "reason=%s", profile, token.fingerprint, duration,
-                     "newer token already published" if written == 0 else "expired in transit")
+                     "newer token already published" if written == 0 else "expired in transit",
+                     extra=_log_fields(profile, "done_elsewhere", duration, token.fingerprint))
             return RefreshResult(profile, Outcome.DONE_ELSEWHERE, calls=calls)
         self.store.record_success(profile, now, token)
         log.info("refresh profile=%s outcome=refreshed fingerprint=%s expires_in=%.0fs "
                  "duration=%.3fs calls=%d", profile, token.fingerprint, issued.expires_in,
-                 duration, calls)
+                 duration, calls,
+                 extra=_log_fields(profile, "refreshed", duration, token.fingerprint))
         return RefreshResult(profile, Outcome.REFRESHED, token.fingerprint, token.expires_at,
                              token.issued_at, calls=calls)
 
@@ -280,10 +303,13 @@ class Refresher:
         for attempt in range(retries + 1):
             sent_at = time.monotonic() - base
             try:
-                return self.client.request_token(client, scopes), None, attempt + 1, sent_at
+                issued = self.client.request_token(client, scopes)
+                metrics.observe_request(profile, "ok", time.monotonic() - base - sent_at)
+                return issued, None, attempt + 1, sent_at
             except ConfigError as exc:
                 return None, exc, attempt, sent_at
             except TokenRequestError as exc:
+                metrics.observe_request(profile, exc.error, time.monotonic() - base - sent_at)
                 pause = self.rng.uniform(0, min(RETRY_SLEEP_CAP, 0.25 * 2**attempt))
                 if exc.retry_after is not None:
                     pause = max(pause, exc.retry_after)
@@ -313,7 +339,8 @@ class Refresher:
         level = logging.ERROR if code != previous else logging.WARNING
         log.log(level, "refresh profile=%s outcome=failed error=%s retryable=%s failures=%d "
                 "next_attempt_in=%.1fs duration=%.3fs calls=%d: %s", profile, code, retryable,
-                failures, delay, duration, calls, message)
+                failures, delay, duration, calls, message,
+                extra=_log_fields(profile, "failed", duration, error_code=code))
         return RefreshResult(profile, Outcome.FAILED, error=message, error_code=code, calls=calls)
 
     def refresh_many(self, profiles: list[str], force: bool = False,

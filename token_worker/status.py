@@ -14,7 +14,7 @@ from .config import Config
 from .store import TokenStore
 from .tokens import TokenState, token_state
 
-__all__ = ["ProfileStatus", "read_statuses"]
+__all__ = ["ProfileStatus", "certificate_expiries", "read_statuses"]
 
 
 def _float(value: str | None) -> float | None:
@@ -67,6 +67,9 @@ def read_statuses(config: Config, store: TokenStore,
         pttl, status, scheduled = replies[1 + 3 * i: 4 + 3 * i]
         expires_in = pttl / 1000.0 if pttl and pttl > 0 else None
         expires_at = now + expires_in if expires_in is not None else None
+        if expires_at is None and status.get("last_success_at"):
+            # the key dies with its token: fetched once and gone is expired, not missing
+            expires_at = now
         refresh_at = _float(status.get("refresh_at"))
         state = token_state(expires_at, refresh_at, now)
         rows.append(ProfileStatus(
@@ -84,3 +87,21 @@ def read_statuses(config: Config, store: TokenStore,
             now=now,
         ))
     return rows
+
+
+def certificate_expiries(config: Config) -> dict[str, tuple[str, float | None]]:
+    """``profile -> (client name, certificate expiry)`` for profiles of certificate clients.
+
+    The expiry is Unix seconds, or None where this host cannot read the certificate
+    (reader hosts have none): status works anywhere and says "unknown" there.
+    """
+    from .credentials import certificate_not_after
+
+    out: dict[str, tuple[str, float | None]] = {}
+    for profile, settings in sorted(config.profiles.items()):
+        name = settings.client or next(iter(config.clients))
+        path = config.clients[name].certificate_file
+        if path:
+            when = certificate_not_after(path)
+            out[profile] = (name, when.timestamp() if when else None)
+    return out

@@ -8,6 +8,7 @@ Time comes from Redis (``TIME``): one clock for the whole fleet.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -38,22 +39,32 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[4] .. ' ' .. ARGV[6])
 return 1
 """
-# KEYS: token   -> {value or false, pttl ms}
+# KEYS: token   -> false, or the pttl in ms as 13 characters followed by the value (one
+# string parses faster than a two-element array). Run with EVALSHA_RO (Redis 7+): a
+# read-only script needs only read access to its keys, so it works under the reader ACL
 _READ = """
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+return string.format('%013d', redis.call('PTTL', KEYS[1])) .. v
 """
+_READ_SHA = hashlib.sha1(_READ.encode(), usedforsecurity=False).hexdigest()  # Redis's script id
 # KEYS: lock   ARGV: owner
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS: schedule   -> {now as "sec.usec", due members, member count}
+# KEYS: schedule   ARGV: configured profiles
+# -> {now as "sec.usec", due members, member count, how many of ARGV are members}
 _DUE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local present = 0
+for _, p in ipairs(ARGV) do
+  if redis.call('ZSCORE', KEYS[1], p) then present = present + 1 end
+end
 return {t[1] .. '.' .. string.format('%06d', tonumber(t[2])),
         redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now),
-        redis.call('ZCARD', KEYS[1])}
+        redis.call('ZCARD', KEYS[1]), present}
 """
 # KEYS: marker, schedule   ARGV: profile, channel, fingerprint, marker ttl seconds
 _REJECT = """
@@ -102,8 +113,10 @@ def connect_redis(
         "decode_responses": True,
     }
     if url.startswith("rediss://"):
+        # verify the server and its name even on redis-py 5, whose default skipped the name
         kwargs.update(ssl_ca_certs=tls_ca_file, ssl_certfile=tls_cert_file,
-                      ssl_keyfile=tls_key_file)
+                      ssl_keyfile=tls_key_file, ssl_cert_reqs="required",
+                      ssl_check_hostname=True)
     return redis.Redis.from_url(url, **kwargs)
 
 
@@ -115,6 +128,14 @@ def describe_redis(client: redis.Redis) -> str:
     return f"{kw.get('host', '?')}:{kw.get('port', '?')}"
 
 
+def _split_read(reply: Any) -> tuple[Any, float]:
+    """(value or None, seconds left) from what ``_READ`` returns."""
+    if reply is None:
+        return None, 0.0
+    pttl = int(reply[:13])
+    return reply[13:], (pttl / 1000.0 if pttl > 0 else 0.0)
+
+
 class TokenStore:
     """Token, status, schedule and lock operations for one key prefix."""
 
@@ -124,10 +145,11 @@ class TokenStore:
         self.keys = Keys(prefix)
         self.codec: TokenCodec = codec or PlainCodec()
         self._publish = client.register_script(_PUBLISH)
-        self._read = client.register_script(_READ)
         self._release = client.register_script(_RELEASE)
         self._due = client.register_script(_DUE)
         self._reject = client.register_script(_REJECT)
+        # the reader's hot path; False once the server refuses EVALSHA_RO (see read_raw)
+        self._read_ro = True
 
     def __repr__(self) -> str:
         return f"TokenStore(redis={describe_redis(self.redis)!r}, prefix={self.keys.prefix!r})"
@@ -156,7 +178,36 @@ class TokenStore:
 
     def read_raw(self, profile: str) -> tuple[str | None, float]:
         """The stored value and its seconds left per Redis, in one round trip."""
-        value, pttl = self._read(keys=[self.keys.token(profile)])
+        key = self.keys.token(profile)
+        if self._read_ro:
+            # a bare EVALSHA_RO costs about what a GET does; a redis-py pipeline or Script
+            # object adds tens of microseconds to every uncached read
+            try:
+                reply = self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA_RO", _READ_SHA, 1, key)
+            except redis.exceptions.NoScriptError:
+                try:  # new or restarted Redis: load once (readers have +script|load)
+                    self.redis.script_load(_READ)
+                    reply = self.redis.execute_command(  # type: ignore[no-untyped-call]
+                        "EVALSHA_RO", _READ_SHA, 1, key)
+                except redis.exceptions.NoPermissionError:
+                    self._read_ro = False
+                else:
+                    return _split_read(reply)
+            except redis.exceptions.NoPermissionError:
+                self._read_ro = False  # an ACL without +evalsha_ro
+            except redis.ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self._read_ro = False  # Redis < 7
+            else:
+                return _split_read(reply)
+            log.debug("EVALSHA_RO refused; reading tokens with MULTI GET PTTL EXEC")
+        # MULTI needs only the read commands themselves under an ACL (ops/redis-acl.conf)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.get(key)
+        pipe.pttl(key)
+        value, pttl = pipe.execute()
         return value, (pttl / 1000.0 if pttl > 0 else 0.0)
 
     def decode(self, profile: str, value: str, ttl: float) -> Token:
@@ -199,13 +250,16 @@ class TokenStore:
         """(fleet now, configured profiles that are due), usually in one round trip.
 
         A profile is due when its scheduled time has passed or it is missing from the
-        schedule (never published, or Redis came back empty). The member count tells
-        whether anything is missing without sending the whole profile list.
+        schedule (never published, or Redis came back empty). The script counts which
+        configured profiles are scheduled, so the full schedule is read only when the
+        two sets differ.
         """
         configured = set(profiles)
-        now_s, members, count = self._due(keys=[self.keys.schedule()])
+        now_s, members, count, present = self._due(keys=[self.keys.schedule()],
+                                                   args=sorted(configured))
         due = [p for p in members if p in configured]
-        if int(count) != len(configured):
+        # equal counts alone can hide a renamed profile (one added, one removed)
+        if int(count) != len(configured) or int(present) != len(configured):
             known: set[str] = set(self.redis.zrange(self.keys.schedule(), 0, -1))  # type: ignore[arg-type]
             due.extend(sorted(configured - known))
             stale = known - configured

@@ -1,0 +1,177 @@
+"""tokens.py: the one place that decides due / fresh / expired (pure time logic)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+from freezegun import freeze_time
+
+from token_worker.tokens import (
+    JITTER_CAP_SECONDS,
+    Token,
+    TokenState,
+    fingerprint,
+    schedule_refresh,
+    token_state,
+)
+
+T0 = "2024-06-01 12:00:00"
+
+
+class Extreme(random.Random):
+    """An rng pinned to one end of every range, to hit the jitter bounds exactly."""
+
+    def __init__(self, high: bool) -> None:
+        super().__init__(0)
+        self.high = high
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.high else a
+
+
+# -- schedule_refresh -------------------------------------------------------------------
+
+def test_due_at_margin_before_expiry_without_jitter() -> None:
+    assert schedule_refresh(1000.0, 4600.0, 600, rng=Extreme(False)) == 4000.0
+
+
+def test_jitter_only_moves_refresh_earlier_and_is_capped() -> None:
+    # lead time 3000s: a tenth is 300s, capped at JITTER_CAP_SECONDS
+    earliest = schedule_refresh(1000.0, 4600.0, 600, rng=Extreme(True))
+    assert earliest == 4000.0 - JITTER_CAP_SECONDS
+    for seed in range(200):
+        at = schedule_refresh(1000.0, 4600.0, 600, rng=random.Random(seed))
+        assert 4000.0 - JITTER_CAP_SECONDS <= at <= 4000.0
+
+
+def test_jitter_is_a_tenth_of_a_short_lead_time() -> None:
+    # lifetime 100s, margin 60s: due at 40s after issue, jitter at most 4s
+    assert schedule_refresh(0.0, 100.0, 60, rng=Extreme(True)) == pytest.approx(36.0)
+
+
+def test_jitter_spreads_profiles_issued_together() -> None:
+    moments = {schedule_refresh(0.0, 3600.0, 600, rng=random.Random(s)) for s in range(20)}
+    assert len(moments) > 10
+
+
+@pytest.mark.parametrize("margin", [3600, 3601, 7200])
+def test_margin_not_less_than_lifetime_refreshes_at_half_life(margin: float) -> None:
+    assert schedule_refresh(0.0, 3600.0, margin, rng=Extreme(False)) == 1800.0
+    assert schedule_refresh(0.0, 3600.0, margin, rng=Extreme(True)) == 1800.0 - 30.0
+
+
+def test_margin_just_under_lifetime_uses_the_margin() -> None:
+    assert schedule_refresh(0.0, 3600.0, 3599, rng=Extreme(False)) == 1.0
+
+
+def test_zero_margin_refreshes_at_expiry_at_the_latest() -> None:
+    assert schedule_refresh(0.0, 60.0, 0, rng=Extreme(False)) == 60.0
+    assert schedule_refresh(0.0, 60.0, 0, rng=Extreme(True)) == 54.0
+
+
+# -- token_state at its boundaries, on a frozen clock -----------------------------------
+
+def test_token_state_walks_valid_due_expired_at_the_exact_boundaries() -> None:
+    with freeze_time(T0) as clock:
+        issued_at = time.time()
+        expires_at = issued_at + 3600
+        refresh_at = schedule_refresh(issued_at, expires_at, 600, rng=Extreme(False))
+        assert token_state(expires_at, refresh_at, time.time()) is TokenState.VALID
+        clock.tick(2999.999)
+        assert token_state(expires_at, refresh_at, time.time()) is TokenState.VALID
+        clock.tick(0.001)  # exactly refresh_at
+        assert token_state(expires_at, refresh_at, time.time()) is TokenState.REFRESH_DUE
+        clock.tick(599.999)
+        assert token_state(expires_at, refresh_at, time.time()) is TokenState.REFRESH_DUE
+        clock.tick(0.001)  # exactly expires_at
+        assert token_state(expires_at, refresh_at, time.time()) is TokenState.EXPIRED
+
+
+def test_half_life_boundary_on_a_frozen_clock() -> None:
+    with freeze_time(T0) as clock:
+        issued_at = time.time()
+        expires_at = issued_at + 60  # margin 600 > lifetime 60: half-life rule
+        refresh_at = schedule_refresh(issued_at, expires_at, 600, rng=Extreme(False))
+        clock.tick(29.999)
+        assert token_state(expires_at, refresh_at, time.time()) is TokenState.VALID
+        clock.tick(0.001)
+        assert token_state(expires_at, refresh_at, time.time()) is TokenState.REFRESH_DUE
+
+
+def test_missing_token_is_missing() -> None:
+    assert token_state(None, None, 1000.0) is TokenState.MISSING
+
+
+def test_rejected_token_is_due_at_once_but_expired_stays_expired() -> None:
+    assert token_state(2000.0, 1900.0, 1000.0, rejected=True) is TokenState.REFRESH_DUE
+    assert token_state(2000.0, 1900.0, 2000.0, rejected=True) is TokenState.EXPIRED
+
+
+def test_token_without_refresh_at_is_valid_until_expiry() -> None:
+    assert token_state(2000.0, None, 1999.0) is TokenState.VALID
+    assert token_state(2000.0, None, 2000.0) is TokenState.EXPIRED
+
+
+def test_states_are_the_contract_strings() -> None:
+    assert [str(s) for s in TokenState] == ["valid", "refresh_due", "expired", "missing"]
+
+
+# -- Token ------------------------------------------------------------------------------
+
+def test_expires_in_counts_down_on_the_monotonic_clock() -> None:
+    with freeze_time(T0) as clock:
+        data = {"access_token": "tok", "token_type": "Bearer", "scope": "a b",
+                "issued_at": time.time(), "expires_at": time.time() + 100,
+                "refresh_at": time.time() + 50}
+        token = Token.from_dict(data, ttl=100.0)
+        assert token.expires_in == pytest.approx(100.0)
+        clock.tick(30)
+        assert token.expires_in == pytest.approx(70.0)
+        clock.tick(100)
+        assert token.expires_in == 0.0  # never negative
+
+
+def test_redis_ttl_wins_over_a_wrong_local_wall_clock() -> None:
+    with freeze_time(T0):
+        # expires_at says long dead by this host's clock; Redis says 50s left
+        data = {"access_token": "tok", "token_type": "Bearer", "scope": "a",
+                "issued_at": 0.0, "expires_at": 10.0}
+        token = Token.from_dict(data, ttl=50.0)
+        assert token.expires_in == pytest.approx(50.0)
+        assert token.refresh_at == 10.0  # defaults to expires_at when absent
+
+
+def test_without_ttl_remaining_life_comes_from_expires_at() -> None:
+    with freeze_time(T0):
+        data = {"access_token": "tok", "token_type": "Bearer", "scope": "a",
+                "issued_at": time.time(), "expires_at": time.time() + 42}
+        assert Token.from_dict(data).expires_in == pytest.approx(42.0)
+
+
+def test_published_json_round_trips() -> None:
+    token = Token(access_token="tok-xyz", token_type="Bearer", scopes=("a", "b"),
+                  issued_at=1.5, expires_at=3601.5, refresh_at=3000.0)
+    data = json.loads(token.to_json())
+    assert data == {"access_token": "tok-xyz", "token_type": "Bearer", "scope": "a b",
+                    "issued_at": 1.5, "expires_at": 3601.5, "refresh_at": 3000.0}
+    again = Token.from_dict(data, ttl=10)
+    assert again == token  # deadline is not part of equality
+    assert again.scope == "a b"
+
+
+def test_fingerprint_is_short_stable_and_not_the_token() -> None:
+    fp = fingerprint("emu_secret_token_value")
+    assert fp == fingerprint("emu_secret_token_value")
+    assert fp != fingerprint("emu_secret_token_valuf")
+    assert len(fp) == 12 and "secret" not in fp
+
+
+def test_token_repr_shows_fingerprint_never_the_token() -> None:
+    token = Token(access_token="tok-very-private", token_type="Bearer", scopes=("a",),
+                  issued_at=0.0, expires_at=10.0, refresh_at=5.0)
+    assert "tok-very-private" not in repr(token)
+    assert "tok-very-private" not in str(token)
+    assert token.fingerprint in repr(token)

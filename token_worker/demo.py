@@ -1,0 +1,284 @@
+"""``token-worker demo``: the whole thing on this machine, in one process tree.
+
+An emulated Stitch endpoint (a thread of this process), Redis (the configured one
+under the ``demo`` prefix, else a private ``redis-server``), a Celery worker with
+embedded beat (a child process) refreshing three short-lived profiles, and a live
+status view. Ctrl-C or SIGTERM shuts everything down: the worker warm, then
+anything left of its process group, then the private Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import redis
+
+from .config import (
+    DEFAULT_PATH,
+    ENV_BROKER_URL,
+    ENV_REDIS_URL,
+    Config,
+    load_config,
+    parse_config,
+    redact_url,
+)
+from .emulator import Emulator
+from .exceptions import TokenWorkerError
+from .keys import Keys
+from .status import read_statuses
+from .store import TokenStore, connect_redis
+
+__all__ = ["DEMO_PREFIX", "DEMO_QUEUE", "run_demo"]
+
+log = logging.getLogger("token_worker.demo")
+
+DEMO_PREFIX = "demo"  # never the production keyspace, even on the configured Redis
+DEMO_QUEUE = "token_worker_demo"
+DEMO_CLIENT_ID = "demo-client"
+DEMO_SECRET_ENV = "TOKEN_WORKER_DEMO_SECRET"  # noqa: S105 - a variable name
+PROFILES = {"payments": "client_paymentrequest", "refunds": "client_refund",
+            "disbursements": "client_disbursement"}
+# a terminal redraws every second; a log (CI, no TTY) gets a frame every few seconds
+FRAME_SECONDS_TTY, FRAME_SECONDS_LOG = 1.0, 5.0
+WORKER_STOP_SECONDS = 20.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(connect_redis(url, socket_timeout=1.0).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _configured_redis_url(config_path: str | None) -> str:
+    """The Redis the user's config names (env override included), else the default."""
+    path = Path(config_path or DEFAULT_PATH)
+    if config_path or path.exists():
+        return load_config(path).redis.url
+    return os.environ.get(ENV_REDIS_URL) or "redis://127.0.0.1:6379/0"
+
+
+class _PrivateRedis:
+    """A throwaway redis-server on a free port, its data in a temp dir."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise TokenWorkerError("no Redis answers and redis-server is not installed "
+                                   "(apt-get install redis-server, or set redis.url)")
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(  # noqa: S603 - a binary found on PATH, fixed args
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not _answers(self.url):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise TokenWorkerError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _demo_config(path: Path, redis_url: str, token_url: str, lifetime: float) -> Config:
+    """Write the demo's config (three profiles, short margins) and parse it."""
+    margin = round(lifetime / 3, 1)
+    lines = [
+        "[redis]", f"url = {json.dumps(redis_url)}", f'prefix = "{DEMO_PREFIX}"', "",
+        "[celery]", f"broker_url = {json.dumps(redis_url)}", f'queue = "{DEMO_QUEUE}"', "",
+        "[stitch]", f"token_url = {json.dumps(token_url)}", "timeout_seconds = 5", "",
+        "[refresh]", f"margin_seconds = {margin}", "interval_seconds = 1", "",
+        "[clients.main]", f'client_id = "{DEMO_CLIENT_ID}"',
+        f'client_secret_env = "{DEMO_SECRET_ENV}"', "",
+    ]
+    for name, scope in PROFILES.items():
+        lines += [f"[profiles.{name}]", f'scopes = ["{scope}"]']
+        if name == "refunds":  # a per-profile margin, so the rows rotate out of step
+            lines.append(f"margin_seconds = {round(lifetime / 2, 1)}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return parse_config(tomllib.loads(path.read_text()), path=str(path))
+
+
+def _start_worker(config_path: Path, secret: str, workdir: Path,
+                  logfile: IO[bytes]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    # the demo config already holds the Redis chosen above; an override would undo that
+    env.pop(ENV_REDIS_URL, None)
+    env.pop(ENV_BROKER_URL, None)
+    env.update({"TOKEN_WORKER_CONFIG": str(config_path), DEMO_SECRET_ENV: secret,
+                "PYTHONUNBUFFERED": "1"})
+    cmd = [sys.executable, "-m", "celery", "-A", "token_worker.celery_app", "worker",
+           "--beat", "-Q", DEMO_QUEUE, "--loglevel", "INFO", "--concurrency", "2",
+           "--hostname", f"token_worker_demo-{os.getpid()}@%h",
+           "--without-mingle", "--without-gossip"]
+    # its own session: Ctrl-C reaches only us, and we stop the worker in order
+    return subprocess.Popen(cmd, env=env,  # noqa: S603 - our interpreter, fixed args
+                            cwd=workdir, stdout=logfile,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop_worker(proc: subprocess.Popen[bytes]) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # warm shutdown: in-flight refreshes finish
+        try:
+            proc.wait(WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            log.warning("worker did not stop in %.0fs; killing it", WORKER_STOP_SECONDS)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # pool and beat children, should any remain
+    except (ProcessLookupError, PermissionError):
+        pass
+    return proc.wait()
+
+
+def _log_tail(path: Path, lines: int = 6) -> list[str]:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line for line in text if "refresh profile=" in line][-lines:]
+
+
+def _frame(config: Config, store: TokenStore, emulator: Emulator, redis_note: str,
+           logpath: Path) -> str:
+    from .cli import render_table
+
+    rows = read_statuses(config, store)
+    out = [f"token_worker demo  {time.strftime('%H:%M:%S')}  (Ctrl-C to stop)",
+           f"emulator {emulator.url}  endpoint calls {emulator.calls}  {redis_note}", "",
+           render_table(rows), "", "recent refreshes (worker log):"]
+    out += [f"  {line}" for line in _log_tail(logpath)] or ["  (none yet)"]
+    return "\n".join(out)
+
+
+def _cleanup_keys(store: TokenStore) -> None:
+    keys = Keys(DEMO_PREFIX)
+    # the queue and its bindings (kombu expires the shared pidbox bookkeeping itself)
+    names = [keys.schedule(), keys.profiles(), DEMO_QUEUE, f"_kombu.binding.{DEMO_QUEUE}",
+             f"_kombu.binding_permanent.{DEMO_QUEUE}"]
+    for profile in PROFILES:
+        names += [keys.token(profile), keys.status(profile), keys.lock(profile)]
+    try:
+        store.redis.delete(*names)
+    except (redis.RedisError, OSError):
+        pass
+
+
+def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
+             duration: float | None = None) -> None:
+    """Run emulator, Redis, a worker with beat and a live status view until stopped.
+
+    Args:
+        config_path: the user's config; only its Redis URL is used (under the
+            ``demo`` prefix). None: ``./token_worker.toml`` if present, else the
+            default URL. A private ``redis-server`` is started when none answers.
+        port: emulator port (0: a free one).
+        lifetime: seconds each emulated token lives.
+        duration: stop by itself after this many seconds (for CI and scripts).
+
+    Raises:
+        TokenWorkerError: no Redis could be found or started, or the worker died.
+        ConfigError: the given config file is invalid.
+    """
+    stop = threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main else None
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    redis_url = _configured_redis_url(config_path)
+    workdir = Path(tempfile.mkdtemp(prefix="token_worker-demo-"))
+    private: _PrivateRedis | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    secret = secrets.token_urlsafe(24)
+    emu_log = logging.getLogger("token_worker.emulator")
+    emu_level = emu_log.level
+    emu_log.setLevel(logging.WARNING)  # one line per token call would scroll the view away
+    emulator = Emulator(port=port, clients={DEMO_CLIENT_ID: secret}, expires_in=lifetime)
+    store: TokenStore | None = None
+    try:
+        if in_main:
+            signal.signal(signal.SIGTERM, on_term)
+        if _answers(redis_url):
+            redis_note = f"redis {redact_url(redis_url)} (prefix {DEMO_PREFIX!r})"
+        else:
+            private = _PrivateRedis(workdir)
+            redis_note = f"private redis-server {private.url} (none answered at " \
+                         f"{redact_url(redis_url)})"
+            redis_url = private.url
+        emulator.start()
+        config_file = workdir / "token_worker.toml"
+        config = _demo_config(config_file, redis_url, emulator.url, lifetime)
+        store = TokenStore(connect_redis(redis_url), DEMO_PREFIX)
+        logpath = workdir / "worker.log"
+        with logpath.open("wb") as logfile:
+            worker = _start_worker(config_file, secret, workdir, logfile)
+        print(f"demo: worker pid {worker.pid}, log {logpath}, config {config_file}",
+              flush=True)
+        tty = sys.stdout.isatty()
+        every = FRAME_SECONDS_TTY if tty else FRAME_SECONDS_LOG
+        started = time.monotonic()
+        next_frame = started
+        while not stop.is_set():
+            now = time.monotonic()
+            if duration is not None and now - started >= duration:
+                break
+            if worker.poll() is not None:
+                tail = "\n".join(logpath.read_text(errors="replace").splitlines()[-15:])
+                raise TokenWorkerError(f"the worker exited with status {worker.returncode}; "
+                                       f"last lines of {logpath}:\n{tail}")
+            if now >= next_frame:
+                frame = _frame(config, store, emulator, redis_note, logpath)
+                print(("\033[H\033[2J" if tty else "\n") + frame, flush=True)
+                next_frame = now + every
+            stop.wait(0.2)
+        print(_frame(config, store, emulator, redis_note, logpath), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        code = _stop_worker(worker) if worker is not None else None
+        if store is not None and private is None:
+            _cleanup_keys(store)  # the shared Redis keeps nothing of the demo
+        emulator.stop()
+        if private is not None:
+            private.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        emu_log.setLevel(emu_level)
+        if in_main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if code is not None:
+            print(f"demo stopped: worker exited with status {code}; "
+                  f"{'private redis-server stopped; ' if private else ''}emulator stopped",
+                  flush=True)

@@ -1,0 +1,395 @@
+"""Celery wiring: the two tasks, their routing and beat entry, and sending to them.
+
+No token logic lives here: both tasks call :class:`token_worker.refresh.Refresher`,
+as ``token-worker refresh --local`` does. Tasks take profile names and timestamps
+and return ``None``, so no token or secret can reach a broker, a result backend
+or a Celery log line. Duplicated beats are harmless: the fleet-wide lock and the
+re-check under it, inside ``refresh_profile``, make one endpoint call per due
+token whoever sends the message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery.signals import worker_init, worker_process_init
+
+from .config import Config, load_config, redact_url
+from .exceptions import ConfigError, StoreError, TokenUnavailable, TokenWorkerError
+from .reader import TokenReader
+from .refresh import Outcome, Refresher
+from .status import read_statuses
+from .store import TokenStore
+from .tokens import Token, TokenState
+
+__all__ = [
+    "DUE_TASK",
+    "PROFILE_TASK",
+    "register",
+    "run_worker",
+    "send_refresh",
+    "token_or_retry",
+    "wait_for_refresh",
+]
+
+log = logging.getLogger("token_worker.tasks")
+
+DUE_TASK = "token_worker.refresh_due"
+PROFILE_TASK = "token_worker.refresh_profile"
+BEAT_ENTRY = "token_worker.refresh_due"
+# a beat tick older than this share of the interval is dropped: after an outage the
+# queued ticks must not run back to back (the next tick does the same work anyway)
+BEAT_EXPIRES_FRACTION = 0.9
+# a fanned-out refresh waits behind slow ones (prefetch 1); past this, later ticks own it
+FANOUT_EXPIRES_MIN = 60.0
+# bare readers learn the profile list from Redis; republish it at least this often
+SYNC_EVERY_SECONDS = 300.0
+# a refresh sent from the CLI that no worker took within this long is stale
+SEND_EXPIRES_SECONDS = 300.0
+# a beat entry "last run" long ago: the first tick fires when beat starts, not an
+# interval later, so a fresh fleet has tokens within seconds
+_NEVER = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class _Runtime:
+    """One Refresher per worker process for one config, built on first use."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._refresher: Refresher | None = None
+        self._pid = os.getpid()
+        self._synced_at: float | None = None
+
+    def reset(self) -> None:
+        # after fork: the parent's sockets are not ours to use or to close
+        self._refresher = None
+        self._synced_at = None
+        self._pid = os.getpid()
+
+    def refresher(self) -> Refresher:
+        if self._pid != os.getpid():
+            self.reset()
+        if self._refresher is None:
+            self._refresher = Refresher.from_config(self.config)
+        return self._refresher
+
+    def sync_if_stale(self, refresher: Refresher) -> None:
+        now = time.monotonic()
+        if self._synced_at is None or now - self._synced_at >= SYNC_EVERY_SECONDS:
+            refresher.sync_profiles()
+            self._synced_at = now
+
+
+_RUNTIMES: list[_Runtime] = []
+
+
+def _reset_after_fork(**_: Any) -> None:
+    for runtime in _RUNTIMES:
+        runtime.reset()
+
+
+worker_process_init.connect(_reset_after_fork, weak=False)
+
+
+def _refresh_profile(runtime: _Runtime, profile: str, force: bool,
+                     requested_at: float | None) -> None:
+    try:
+        result = runtime.refresher().refresh_profile(
+            profile, bool(force),
+            requested_at=None if requested_at is None else float(requested_at))
+    except ConfigError as exc:
+        # e.g. a message sent before the profile was removed from the config
+        log.warning("refresh profile=%s skipped: %s", profile, "; ".join(exc.problems))
+        return
+    except (redis.RedisError, OSError) as exc:
+        # nothing was requested; the next beat tick tries again
+        log.warning("refresh profile=%s skipped: token store unreachable: %s", profile, exc)
+        return
+    if result.outcome is Outcome.FAILED and result.error_code == "lock_busy":
+        log.warning("refresh profile=%s outcome=failed: %s", profile, result.error)
+    elif result.outcome in (Outcome.NOT_DUE, Outcome.DONE_ELSEWHERE):
+        # refreshed and failed outcomes are logged by the Refresher itself
+        log.info("refresh profile=%s outcome=%s force=%s", profile, result.outcome, force)
+
+
+def _refresh_due(runtime: _Runtime, app: Any, queue: str, expires: float) -> None:
+    try:
+        refresher = runtime.refresher()
+        runtime.sync_if_stale(refresher)
+        due = refresher.due_profiles()
+    except ConfigError as exc:
+        log.error("refresh_due skipped: %s", "; ".join(exc.problems))
+        return
+    except (redis.RedisError, OSError) as exc:
+        log.warning("refresh_due skipped: token store unreachable: %s", exc)
+        return
+    if not due:
+        return
+    log.info("refresh_due profiles=%s", ",".join(due))
+    with app.producer_or_acquire() as producer:
+        for profile in due:
+            app.send_task(PROFILE_TASK, args=(profile,), queue=queue, expires=expires,
+                          producer=producer, ignore_result=True)
+
+
+def _after_configure(app: Any, apply: Any) -> None:
+    # settings touched before the app reads its config would be replaced by it
+    if app.configured:
+        apply()
+    else:
+        app.on_after_configure.connect(lambda **_: apply(), weak=False)
+
+
+def register(app: Any, config: Config | None = None) -> None:
+    """Add token_worker's tasks, routing and beat entry to an existing Celery app.
+
+    Adds ``token_worker.refresh_due`` and ``token_worker.refresh_profile`` (both
+    sent to ``celery.queue``), an exact-name route for each ahead of the app's own
+    ``task_routes`` (in a dict of routes, an entry the app has for these names is
+    kept), and a ``beat_schedule`` entry running ``refresh_due`` every
+    ``refresh.interval_seconds``. Nothing else about the app changes. Call it
+    anywhere: it waits for the app to read its configuration, so a later
+    ``config_from_object`` does not undo it.
+
+    Args:
+        app: the Celery app.
+        config: the token_worker config; default :func:`load_config` (so
+            ``$TOKEN_WORKER_CONFIG`` or ``./token_worker.toml``).
+
+    Raises:
+        ConfigError: no config given and the config file is missing or invalid.
+    """
+    if getattr(app, "_token_worker_registered", False):
+        return
+    config = config or load_config()
+    runtime = _Runtime(config)
+    _RUNTIMES.append(runtime)
+    queue = config.celery.queue
+    interval = config.refresh.interval_seconds
+    fanout_expires = max(FANOUT_EXPIRES_MIN, 2 * interval)
+    # JSON and no result whatever the app's defaults; late acks because a refresh is
+    # idempotent (lock + re-check), so a copy redelivered after a lost worker is safe
+    options: dict[str, Any] = {"shared": False, "ignore_result": True, "serializer": "json",
+                               "acks_late": True, "reject_on_worker_lost": True,
+                               "queue": queue}
+
+    def refresh_profile(profile: str, force: bool = False,
+                        requested_at: float | None = None) -> None:
+        """Refresh one profile if due (always when forced); returns nothing."""
+        _refresh_profile(runtime, profile, force, requested_at)
+
+    def refresh_due() -> None:
+        """Fan out ``refresh_profile`` for every profile whose token is due."""
+        _refresh_due(runtime, app, queue, fanout_expires)
+
+    # a forced refresh may wait out another holder's lock, then make its own attempt
+    app.task(name=PROFILE_TASK, time_limit=2 * config.lock_ttl_seconds + 30,
+             **options)(refresh_profile)
+    app.task(name=DUE_TASK, **options)(refresh_due)
+
+    def apply() -> None:
+        ours = {PROFILE_TASK: {"queue": queue}, DUE_TASK: {"queue": queue}}
+        routes = app.conf.task_routes
+        if not routes:
+            app.conf.task_routes = ours
+        elif isinstance(routes, dict):
+            app.conf.task_routes = {**ours, **routes}
+        else:
+            given = list(routes) if isinstance(routes, list | tuple) else [routes]
+            app.conf.task_routes = (ours, *given)
+        entry = {"task": DUE_TASK, "schedule": timedelta(seconds=interval),
+                 "options": {"queue": queue, "expires": interval * BEAT_EXPIRES_FRACTION},
+                 "last_run_at": _NEVER}
+        # a new dict: the default one may be shared by every app in the process
+        app.conf.beat_schedule = {**(app.conf.beat_schedule or {}), BEAT_ENTRY: entry}
+
+    _after_configure(app, apply)
+
+    def start_metrics(sender: Any = None, **_: Any) -> None:
+        # worker_init runs in the main process before the pool forks, so every child
+        # inherits the multiprocess setup and one endpoint sums them all
+        if getattr(sender, "app", None) is app:
+            from .metrics import start_worker_metrics
+
+            start_worker_metrics(config)
+
+    worker_init.connect(start_metrics, weak=False)
+    app._token_worker_registered = True
+
+
+def token_or_retry(task: Any, reader: TokenReader, profile: str, *, countdown: float = 5.0,
+                   wait: float | None = None) -> Token:
+    """The current token, or retry the calling task later when there is none.
+
+    For a bound task (``bind=True``)::
+
+        token = token_or_retry(self, reader, "payments")
+
+    Args:
+        task: the bound task instance (``self``).
+        reader: the process's :class:`TokenReader`.
+        profile: the scope profile.
+        countdown: seconds before the retry.
+        wait: seconds to wait for a token first (see :meth:`TokenReader.get`).
+
+    Raises:
+        celery.exceptions.Retry: no token now; the task runs again after ``countdown``
+            (or the :class:`TokenUnavailable` itself once ``max_retries`` is reached).
+    """
+    try:
+        return reader.get(profile, wait)
+    except TokenUnavailable as exc:
+        raise task.retry(exc=exc, countdown=countdown) from None
+
+
+# -- the CLI side ---------------------------------------------------------------
+def _producer_app(config: Config) -> Any:
+    from celery import Celery
+
+    app = Celery("token_worker.cli", broker=config.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], task_ignore_result=True,
+        # a CLI must fail fast with a message, not retry for minutes
+        broker_connection_retry_on_startup=False, broker_connection_timeout=5,
+        broker_connection_max_retries=1,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                   "interval_step": 0.5, "interval_max": 1.0},
+    )
+    return app
+
+
+def send_refresh(config: Config, names: list[str], *, force: bool, requested_at: float,
+                 expires: float | None = SEND_EXPIRES_SECONDS) -> None:
+    """Send ``token_worker.refresh_profile`` for each profile to the workers' queue.
+
+    Args:
+        config: where the broker is and which queue the workers consume.
+        names: profiles to refresh.
+        force: refresh even when the token is not due.
+        requested_at: the request time on the fleet clock; a forced refresh is
+            satisfied by any token issued after it.
+        expires: seconds after which an untaken message is dropped.
+
+    Raises:
+        TokenWorkerError: the broker is unreachable.
+    """
+    from kombu.exceptions import OperationalError
+
+    app = _producer_app(config)
+    try:
+        with app.producer_or_acquire() as producer:
+            for name in names:
+                app.send_task(PROFILE_TASK, args=(name,),
+                              kwargs={"force": force, "requested_at": requested_at},
+                              queue=config.celery.queue, expires=expires,
+                              producer=producer, ignore_result=True)
+    except (OperationalError, OSError) as exc:
+        raise TokenWorkerError(f"broker unreachable at {redact_url(config.broker_url)}: "
+                               f"{exc}") from None
+    finally:
+        app.close()
+
+
+def _issued_at(store: TokenStore, profile: str, status_success: float | None) -> float | None:
+    try:
+        token = store.get_token(profile)
+    except StoreError:
+        # cannot decrypt here: the success time is when that refresh began, earlier still
+        return status_success
+    return token.issued_at if token is not None else None
+
+
+def wait_for_refresh(config: Config, store: TokenStore, names: list[str], *, force: bool,
+                     requested_at: float, timeout: float) -> dict[str, str]:
+    """Wait until each profile's refresh is published, or the deadline passes.
+
+    Forced: satisfied by a token issued at or after ``requested_at``. Not forced:
+    satisfied once the token is valid (not due). Woken by the publish
+    notifications on the events channel, re-checked at least once a second.
+
+    Returns:
+        ``{profile: problem}`` for the profiles not satisfied at the deadline: what
+        the status record reports, or that no worker answered.
+    """
+    deadline = time.monotonic() + timeout
+    pending = list(names)
+    pubsub = store.pubsub()
+    try:
+        # subscribed before the first check, so a publish in between is not missed
+        pubsub.subscribe(store.keys.events())
+        while True:
+            rows = {r.profile: r for r in read_statuses(config, store, pending)}
+            if force:
+                pending = [p for p in pending
+                           if (_issued_at(store, p, rows[p].last_success_at) or 0) < requested_at]
+            else:
+                pending = [p for p in pending if rows[p].state is not TokenState.VALID]
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                break
+            # status updates without a publish (failures) are caught by the timeout
+            pubsub.get_message(timeout=min(left, 1.0))
+    finally:
+        pubsub.close()
+    if not pending:
+        return {}
+    rows = {r.profile: r for r in read_statuses(config, store, pending)}
+    problems = {}
+    for name in pending:
+        row = rows[name]
+        if row.last_attempt_at is None or row.last_attempt_at < requested_at:
+            busy = store.lock_ttl(name) > 0
+            problems[name] = (
+                f"no worker answered within {timeout:g}s: no refresh attempt since the request"
+                + (" (a refresh that began earlier still holds the lock)" if busy else
+                   f"; is a worker consuming queue {config.celery.queue!r} on "
+                   f"{redact_url(config.broker_url)}?"))
+        elif row.last_error:
+            problems[name] = (f"not published within {timeout:g}s; status reports: "
+                              f"{row.last_error} ({row.consecutive_failures} consecutive "
+                              f"failures)")
+        else:
+            problems[name] = (f"not published within {timeout:g}s; a worker attempted the "
+                              f"refresh but status reports no error (still in progress?)")
+    return problems
+
+
+def run_worker(config: Config, beat: bool = True, concurrency: int | None = None,
+               extra_args: list[str] | None = None) -> None:
+    """Run a Celery worker (with embedded beat) on the configured queue, in this process.
+
+    The worker is ``token_worker.celery_app``, configured by ``celeryconfig.py``;
+    ``$TOKEN_WORKER_CONFIG`` is set to this config so both read the same file.
+
+    Args:
+        config: the loaded config (its path is handed to the worker).
+        beat: embed beat (one beat per fleet is enough; more are harmless).
+        concurrency: worker processes (default: Celery's, the number of CPUs).
+        extra_args: more ``celery worker`` options, passed through.
+
+    Raises:
+        SystemExit: with the worker's exit status, when it is not 0.
+    """
+    if config.path:
+        os.environ["TOKEN_WORKER_CONFIG"] = str(Path(config.path).resolve())
+    from .celery_app import app
+
+    level = logging.getLevelName(logging.getLogger("token_worker").getEffectiveLevel())
+    argv = ["worker", "-Q", config.celery.queue, "--loglevel", str(level)]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
+    with tempfile.TemporaryDirectory(prefix="token_worker-beat-") as tmp:
+        if beat:
+            # should celeryconfig choose a persistent scheduler, its file stays out of the CWD
+            argv += ["--beat", "--schedule", os.path.join(tmp, "celerybeat-schedule")]
+        # start(), unlike worker_main(), hands back the worker's exit status
+        code = app.start(argv + list(extra_args or []))
+    if code:
+        raise SystemExit(code)
