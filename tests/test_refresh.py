@@ -314,6 +314,16 @@ def test_slow_refresher_cannot_replace_a_longer_lived_token(refresher: Refresher
 
 # -- failures ---------------------------------------------------------------------------
 
+def test_unreadable_longer_lived_value_is_replaced(refresher: Refresher, emulator: Emulator,
+                                                  rds: redis.Redis) -> None:
+    # garbage (or a value under a key nobody has) that outlives the new token must not win
+    rds.set("stitch:token:payments", "enc:v1:gone:AAAA", px=7200_000)
+    result = refresher.refresh_profile("payments")
+    assert result.outcome is Outcome.REFRESHED
+    data = stored(rds)
+    assert data is not None and data["access_token"] == emulator.issued_tokens[-1]
+
+
 def test_failure_is_recorded_and_success_clears_it(refresher: Refresher, emulator: Emulator,
                                                    rds: redis.Redis) -> None:
     emulator.set_faults([{"mode": "oauth_error", "error": "invalid_scope", "count": 2}])

@@ -165,6 +165,13 @@ class Refresher:
             log.warning("profile=%s stored token unreadable, will replace: %s", profile, exc)
             return None
 
+    def _unreadable(self, profile: str) -> bool:
+        try:
+            self.store.get_token(profile)
+        except StoreError:
+            return True
+        return False
+
     # -- refresh -------------------------------------------------------------
     def refresh_profile(
         self, profile: str, force: bool = False, *, requested_at: float | None = None,
@@ -268,6 +275,11 @@ class Refresher:
                                         rng=self.rng),
         )
         written = self.store.publish(profile, token)
+        if written == 0 and current is None and self._unreadable(profile):
+            # no reader can use what is stored (corrupt, or under a key nobody has), so
+            # it must not outlive a good token just because it expires later
+            self.store.redis.delete(self.store.keys.token(profile))
+            written = self.store.publish(profile, token)
         duration = time.monotonic() - started
         if written != 1:
             # a newer token won the race (or ours died in transit); leave theirs
