@@ -324,3 +324,25 @@ def test_reader_repr_shows_no_password() -> None:
     reader = TokenReader("redis://user:pa55word@127.0.0.1:6390/0")
     assert "pa55word" not in repr(reader)
     assert "127.0.0.1:6390" in repr(reader)
+
+
+def test_unknown_profile_is_named_even_while_redis_is_down() -> None:
+    from .support import free_port
+
+    reader = TokenReader(f"redis://127.0.0.1:{free_port()}/0", profiles=["payments"],
+                         socket_timeout=0.5)
+    with pytest.raises(TokenUnavailable) as info:
+        reader.get("paymnets")
+    assert info.value.reason == "unknown_profile"
+    with pytest.raises(TokenUnavailable) as info:
+        reader.get("payments")
+    assert info.value.reason == "redis_unreachable"
+
+
+def test_close_stops_the_invalidation_listener(redis_url: str) -> None:
+    reader = TokenReader(redis_url)
+    reader._listening()  # the first cached read starts it
+    listener = reader._invalidator
+    assert listener is not None and listener.is_alive()
+    reader.close()
+    assert not listener.is_alive()

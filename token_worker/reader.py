@@ -11,6 +11,7 @@ expired token and never refuses a valid one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -30,8 +31,9 @@ log = logging.getLogger("token_worker.reader")
 
 # a task should never start a payment with a token about to die
 DEFAULT_MIN_TTL = 5.0
-# bound on serving from the cache should the invalidation channel fail silently
-DEFAULT_CACHE_MAX_AGE = 1.0
+# bound on serving from the cache should the invalidation channel fail silently (a
+# half-open connection): under the 100 ms promise, and still ~200x fewer Redis reads
+DEFAULT_CACHE_MAX_AGE = 0.08
 # two lifetime readings of one stored value this close are the same (round-trip jitter)
 _SAME_DEADLINE = 0.05
 
@@ -68,15 +70,16 @@ class _Invalidator(threading.Thread):
                         backoff = 0.1
                     elif message["type"] == "message":
                         self.reader._invalidate(str(message["data"]).split(" ", 1)[0])
-            except (redis.RedisError, OSError, ValueError):
-                pass
+            except Exception as exc:  # noqa: BLE001
+                # any failure (incl. a pool closed under us) means "channel down": the
+                # cache is off until we are resubscribed; the thread itself must live on
+                log.debug("invalidation channel down (%s); cache off until resubscribed",
+                          type(exc).__name__)
             finally:
                 self.healthy = False
                 self.reader._invalidate_all()
-                try:
+                with contextlib.suppress(Exception):  # already broken; we reconnect
                     pubsub.close()
-                except (redis.RedisError, OSError):
-                    pass
             self.stopping.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -173,8 +176,11 @@ class TokenReader:
                f"prefix={self.store.keys.prefix!r})"
 
     def close(self) -> None:
-        if self._invalidator is not None:
-            self._invalidator.stop()
+        """Stop the invalidation listener and close the Redis connections."""
+        inv = self._invalidator
+        if inv is not None:
+            inv.stop()
+            inv.join(timeout=2.0)  # it wakes within a second: get_message(timeout=1.0)
         self.store.redis.close()
 
     # -- cache ---------------------------------------------------------------
@@ -242,6 +248,8 @@ class TokenReader:
             if (self.serve_stale and last is not None and last.expires_in >= self.min_ttl
                     and self._rejected.get(profile) != last.fingerprint):
                 return last
+            if self.profiles is not None and profile not in self.profiles:
+                raise self._diagnose(profile) from None  # a typo, whatever Redis is doing
             raise TokenUnavailable(profile, "redis_unreachable",
                                    f"Redis unreachable at {describe_redis(self.store.redis)}"
                                    ) from None
