@@ -17,6 +17,10 @@ _queue = _config.celery.queue
 broker_url = _config.broker_url
 # the broker may come up after the worker (compose, systemd): retry instead of exiting
 broker_connection_retry_on_startup = True
+# and when it goes away later, reconnect for as long as it takes: Celery's default gives
+# up after 100 attempts (about 45 minutes) and exits, leaving no refresher running
+broker_connection_retry = True
+broker_connection_max_retries = None
 
 # JSON only: messages carry profile names and timestamps; pickle would let the broker run code
 task_serializer = "json"

@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from .exceptions import ConfigError
 
@@ -58,6 +67,24 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 _QUERY_PASSWORD = re.compile(r"(?<![^&])(password|passwd|pass)=[^&]*", re.IGNORECASE)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+def _reference(value: str | None, info: ValidationInfo) -> str | None:
+    """A ``*_env`` / ``*_file`` value must name a credential, never be one.
+
+    Messages quote these values ("cannot read PATH", "variable NAME is not set"), so a
+    secret or PEM pasted in their place would reach stderr and logs: refuse it unquoted.
+    """
+    if not value:
+        return value
+    if (info.field_name or "").endswith("_env"):
+        if not _ENV_NAME.match(value):
+            raise ValueError("must be the name of an environment variable (letters, digits, "
+                             "_), not the credential itself (value not shown)")
+    elif "\n" in value or "-----BEGIN" in value:
+        raise ValueError("must be a file path, not the credential itself (value not shown)")
+    return value
 
 
 def redact_url(url: str) -> str:
@@ -90,6 +117,9 @@ class RedisSettings(_Section):
     # encryption at rest: "kid:base64key[,kid:base64key...]", first one encrypts
     encryption_keys_env: str | None = None
     encryption_keys_file: str | None = None
+
+    refuse_pasted_credentials = field_validator(
+        "tls_key_file", "encryption_keys_env", "encryption_keys_file")(_reference)
 
     def read_encryption_keys(self) -> str | None:
         """The key list, read now (so a rotated file is picked up), or None if not set.
@@ -159,6 +189,9 @@ class ClientSettings(_Section):
     client_secret_file: str | None = None
     certificate_file: str | None = None
     _name: str = PrivateAttr(default="")
+
+    refuse_pasted_credentials = field_validator(
+        "client_secret_env", "client_secret_file", "certificate_file")(_reference)
 
     @property
     def auth_method(self) -> Literal["secret", "certificate"]:

@@ -41,6 +41,7 @@ _SAME_DEADLINE = 0.05
 @dataclass(slots=True)
 class _Entry:
     token: Token
+    read_at: float  # monotonic, when Redis answered
     fresh_until: float  # monotonic: cache max age
 
 
@@ -146,7 +147,8 @@ class TokenReader:
         self._pid = os.getpid()
         self._cache: dict[str, _Entry] = {}
         self._generation: dict[str, int] = {}
-        self._last: dict[str, Token] = {}
+        # profile -> (the token last read, monotonic when it was read), for serve_stale
+        self._last: dict[str, tuple[Token, float]] = {}
         # profile -> (stored value, a token decoded from it): one tuple, so that threads
         # racing to store can never pair one token's value with another's fields
         self._decoded: dict[str, tuple[str, Token]] = {}
@@ -221,8 +223,8 @@ class TokenReader:
         if self.cache_enabled:
             entry = self._cache.get(profile)
             now = time.monotonic()
-            if (entry is not None and now < entry.fresh_until
-                    and entry.token.deadline - now >= self.min_ttl and self._listening()):
+            if (entry is not None and self._alive(entry.token, entry.read_at, now)
+                    and now < entry.fresh_until and self._listening()):
                 return entry.token
         try:
             return self._get(profile)
@@ -245,14 +247,16 @@ class TokenReader:
             value, ttl = self.store.read_raw(profile)
         except (redis.RedisError, OSError):
             last = self._last.get(profile)
-            if (self.serve_stale and last is not None and last.expires_in >= self.min_ttl
-                    and self._rejected.get(profile) != last.fingerprint):
-                return last
+            if (self.serve_stale and last is not None
+                    and self._alive(last[0], last[1], time.monotonic())
+                    and self._rejected.get(profile) != last[0].fingerprint):
+                return last[0]
             if self.profiles is not None and profile not in self.profiles:
                 raise self._diagnose(profile) from None  # a typo, whatever Redis is doing
             raise TokenUnavailable(profile, "redis_unreachable",
                                    f"Redis unreachable at {describe_redis(self.store.redis)}"
                                    ) from None
+        read_at = time.monotonic()
         if value is None:
             raise self._diagnose(profile)
         seen = self._decoded.get(profile)
@@ -284,13 +288,24 @@ class TokenReader:
             raise TokenUnavailable(profile, "expired",
                                    f"the token expires in {token.expires_in:.1f}s, less than "
                                    f"min_ttl {self.min_ttl:g}s", self._last_error(profile))
-        self._last[profile] = token
+        self._last[profile] = (token, read_at)
         if self.cache_enabled:
             with self._lock:
                 # a publish seen since our read means this token may be stale already
                 if self._generation.get(profile, 0) == generation:
-                    self._cache[profile] = _Entry(token, time.monotonic() + self.cache_max_age)
+                    self._cache[profile] = _Entry(token, read_at,
+                                                  read_at + self.cache_max_age)
         return token
+
+    def _alive(self, token: Token, read_at: float, now: float) -> bool:
+        """Whether a token read earlier still has ``min_ttl`` left, by the local clock.
+
+        Only a clock that went back since the read could stretch a deadline past what
+        Redis said. A monotonic clock never does, but a patched one can (freezegun moves
+        ``time.monotonic`` with its fake wall clock), so a reading from the future is
+        not trusted: the caller asks Redis again.
+        """
+        return read_at <= now and token.deadline - now >= self.min_ttl
 
     def _last_error(self, profile: str) -> str | None:
         try:
@@ -310,15 +325,17 @@ class TokenReader:
             pipe.hgetall(keys.status(profile))
             pipe.exists(keys.profiles())
             pipe.hexists(keys.profiles(), profile)
-            status, registry, listed = pipe.execute()
+            pipe.time()  # ages on the fleet clock, as everything else here
+            status, registry, listed, (sec, usec) = pipe.execute()
+            now = sec + usec / 1_000_000
         except (redis.RedisError, OSError):
-            status, registry, listed = {}, 0, False
+            status, registry, listed, now = {}, 0, False, time.time()
         last_error = status.get("last_error") or None
         if self.profiles is None and registry and not listed:
             return TokenUnavailable(profile, "unknown_profile",
                                     "unknown profile (no worker has it configured)")
         if status.get("last_success_at"):
-            age = time.time() - float(status["last_success_at"])
+            age = now - float(status["last_success_at"])
             return TokenUnavailable(profile, "expired",
                                     f"expired (last successful refresh {age:.0f}s ago)",
                                     last_error)

@@ -81,7 +81,7 @@ def next_attempt_delay(
 ) -> float:
     """Seconds to wait before the next attempt after ``failures`` failures in a row.
 
-    Exponential backoff with full jitter for retryable errors; slow, steady retries
+    Exponential backoff with jitter for retryable errors; slow, steady retries
     for permanent ones (a revoked secret must not hammer the endpoint). Either way
     the wait is capped so that several attempts still happen before the current
     token expires, and that cap shrinks as expiry nears. ``Retry-After`` is
@@ -95,7 +95,10 @@ def next_attempt_delay(
     if not retryable:
         return cap
     ceiling = min(cap, BACKOFF_BASE_SECONDS * 2 ** max(failures - 1, 0))
-    delay = (rng or random).uniform(0.0, ceiling)
+    # jitter over the upper half of each step only: the fleet shares one schedule per
+    # profile, so jitter just spreads profiles apart, and the floor keeps an outage of
+    # T seconds to about log2(T) attempts (full jitter can land near zero again and again)
+    delay = (rng or random).uniform(ceiling / 2, ceiling)
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap))
     return delay
@@ -175,7 +178,7 @@ class Refresher:
     # -- refresh -------------------------------------------------------------
     def refresh_profile(
         self, profile: str, force: bool = False, *, requested_at: float | None = None,
-        wait_seconds: float | None = None,
+        wait_seconds: float | None = None, scheduled: bool = False,
     ) -> RefreshResult:
         """Refresh one profile if it is due (or always, when forced).
 
@@ -185,12 +188,17 @@ class Refresher:
         satisfied by its token if issued after the request; otherwise it refreshes
         itself. So concurrent forced refreshes coalesce into one endpoint call.
 
+        ``scheduled`` marks a refresh sent because the shared schedule said the
+        profile was due (beat's fan-out, the listener): under the lock it also checks
+        that the schedule still says so. A refresh queued while another attempt ran
+        then fails and backs off does not call the endpoint again.
+
         Raises:
             ConfigError: unknown profile.
             redis.RedisError: Redis is unreachable (nothing was requested).
         """
         result = self._refresh_profile(profile, force, requested_at=requested_at,
-                                       wait_seconds=wait_seconds)
+                                       wait_seconds=wait_seconds, scheduled=scheduled)
         if result.outcome in (Outcome.NOT_DUE, Outcome.DONE_ELSEWHERE):
             # refreshed and failed are recorded with their details where they happen
             self.store.record_outcome(profile, str(result.outcome))
@@ -199,15 +207,21 @@ class Refresher:
 
     def _refresh_profile(
         self, profile: str, force: bool = False, *, requested_at: float | None = None,
-        wait_seconds: float | None = None,
+        wait_seconds: float | None = None, scheduled: bool = False,
     ) -> RefreshResult:
         """The refresh itself; :meth:`refresh_profile` wraps it to count outcomes."""
         self._check_profile(profile)
         now = self.store.time()
         if requested_at is None:
             requested_at = now
-        if not force and not self._is_due(profile, self._read_token(profile), now):
-            return RefreshResult(profile, Outcome.NOT_DUE)
+        if not force:
+            current = self._read_token(profile)
+            if not self._is_due(profile, current, now):
+                if scheduled and current is not None:
+                    # the schedule said due, the token says not (a 401 reported for a
+                    # token already replaced): put it back, or every tick asks again
+                    self.store.schedule_no_earlier(profile, current.refresh_at)
+                return RefreshResult(profile, Outcome.NOT_DUE)
         ttl = self.config.lock_ttl_seconds
         deadline = time.monotonic() + (ttl if wait_seconds is None else wait_seconds)
         while True:
@@ -226,7 +240,7 @@ class Refresher:
                                      error="another refresh holds the lock; gave up waiting",
                                      error_code="lock_busy")
         try:
-            return self._refresh_locked(profile, force, requested_at)
+            return self._refresh_locked(profile, force, requested_at, scheduled)
         finally:
             self.store.release_lock(profile, owner)
 
@@ -248,7 +262,8 @@ class Refresher:
         finally:
             pubsub.close()
 
-    def _refresh_locked(self, profile: str, force: bool, requested_at: float) -> RefreshResult:
+    def _refresh_locked(self, profile: str, force: bool, requested_at: float,
+                        scheduled: bool = False) -> RefreshResult:
         now = self.store.time()
         current = self._read_token(profile)
         # re-read under the lock: another process may have just finished
@@ -260,6 +275,10 @@ class Refresher:
             assert current is not None  # a missing token is always due
             return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current.fingerprint,
                                  current.expires_at, current.issued_at)
+        elif scheduled and (self.store.next_due(profile) or 0.0) > now:
+            # an attempt since this refresh was sent failed and set a backoff: the next
+            # attempt is the schedule's to make, not this stale message's
+            return RefreshResult(profile, Outcome.DONE_ELSEWHERE)
         self.store.record_attempt(profile, now)
         started = time.monotonic()
         issued, error, calls, sent_at = self._request(profile)

@@ -267,8 +267,17 @@ class TokenStore:
                 self.redis.zrem(self.keys.schedule(), *stale)
         return float(now_s), due
 
+    def next_due(self, profile: str) -> float | None:
+        """When the schedule says the profile is next due (fleet clock), or None."""
+        score = self.redis.zscore(self.keys.schedule(), profile)
+        return None if score is None else float(score)
+
     def schedule_at(self, profile: str, when: float) -> None:
         self.redis.zadd(self.keys.schedule(), {profile: when})
+
+    def schedule_no_earlier(self, profile: str, when: float) -> None:
+        """Move the profile's next due time to ``when`` unless it is already later."""
+        self.redis.zadd(self.keys.schedule(), {profile: when}, gt=True)
 
     def schedule(self) -> dict[str, float]:
         pairs: list[tuple[str, float]] = self.redis.zrange(  # type: ignore[assignment]

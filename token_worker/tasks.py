@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from .config import Config, load_config, redact_url
 from .exceptions import ConfigError, StoreError, TokenUnavailable, TokenWorkerError
@@ -99,11 +99,12 @@ worker_process_init.connect(_reset_after_fork, weak=False)
 
 
 def _refresh_profile(runtime: _Runtime, profile: str, force: bool,
-                     requested_at: float | None) -> None:
+                     requested_at: float | None, scheduled: bool = False) -> None:
     try:
         result = runtime.refresher().refresh_profile(
             profile, bool(force),
-            requested_at=None if requested_at is None else float(requested_at))
+            requested_at=None if requested_at is None else float(requested_at),
+            scheduled=bool(scheduled))
     except ConfigError as exc:
         # e.g. a message sent before the profile was removed from the config
         log.warning("refresh profile=%s skipped: %s", profile, "; ".join(exc.problems))
@@ -135,8 +136,11 @@ def _refresh_due(runtime: _Runtime, app: Any, queue: str, expires: float) -> Non
     log.info("refresh_due profiles=%s", ",".join(due))
     with app.producer_or_acquire() as producer:
         for profile in due:
-            app.send_task(PROFILE_TASK, args=(profile,), queue=queue, expires=expires,
-                          producer=producer, ignore_result=True)
+            # scheduled: a copy that waited in the queue while another attempt failed
+            # leaves the next attempt to the backoff
+            app.send_task(PROFILE_TASK, args=(profile,), kwargs={"scheduled": True},
+                          queue=queue, expires=expires, producer=producer,
+                          ignore_result=True)
 
 
 def _after_configure(app: Any, apply: Any) -> None:
@@ -181,9 +185,9 @@ def register(app: Any, config: Config | None = None) -> None:
                                "queue": queue}
 
     def refresh_profile(profile: str, force: bool = False,
-                        requested_at: float | None = None) -> None:
+                        requested_at: float | None = None, scheduled: bool = False) -> None:
         """Refresh one profile if due (always when forced); returns nothing."""
-        _refresh_profile(runtime, profile, force, requested_at)
+        _refresh_profile(runtime, profile, force, requested_at, scheduled)
 
     def refresh_due() -> None:
         """Fan out ``refresh_profile`` for every profile whose token is due."""
@@ -221,7 +225,38 @@ def register(app: Any, config: Config | None = None) -> None:
             start_worker_metrics(config)
 
     worker_init.connect(start_metrics, weak=False)
+
+    listeners: list[Any] = []
+
+    def start_listener(sender: Any = None, **_: Any) -> None:
+        # worker_ready fires once, in the main process, after the pool has forked: the
+        # listener (401 reports, store restarts) lives there only. Workers that do not
+        # consume the token queue (an app's payment workers) leave it to those that do
+        if (getattr(sender, "app", None) is not app or listeners
+                or not _consumes(sender, queue)):
+            return
+        from .listener import Listener
+
+        listener = Listener(Refresher.from_config(config))
+        listener.start()
+        listeners.append(listener)
+
+    def stop_listener(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            for listener in listeners:
+                listener.stop()
+
+    worker_ready.connect(start_listener, weak=False)
+    worker_shutdown.connect(stop_listener, weak=False)
     app._token_worker_registered = True
+
+
+def _consumes(consumer: Any, queue: str) -> bool:
+    """Whether a worker's consumer takes messages from ``queue`` (True when unknown)."""
+    try:
+        return queue in {q.name for q in consumer.task_consumer.queues}
+    except (AttributeError, TypeError):
+        return True
 
 
 def token_or_retry(task: Any, reader: TokenReader, profile: str, *, countdown: float = 5.0,

@@ -1,0 +1,146 @@
+"""Soak: a minute of short-lived tokens and a flaky endpoint, with readers never missing.
+
+Three workers, each with an embedded beat, refresh three profiles whose tokens live
+five seconds, while the emulator fails a random 20% of calls with 503 and eight reader
+processes read every profile fifty times a second.
+
+The numbers are chosen so that the claim is a property of the design, not of luck:
+
+- ``margin`` 3 s of a 5 s lifetime: a token is refreshed with 3 s left, one cycle per
+  2 s (``L - M``). Readers use ``min_ttl`` 0.5 s, so a refresh has 2.5 s to succeed.
+- A healthy attempt makes up to three calls (``retries`` 2): it fails with
+  probability 0.2^3 = 0.8%. Then the backoff cap is a quarter of the time left, never
+  less than the interval, so about four more single-call attempts fit before the
+  reader would refuse: a miss needs 0.008 x 0.2^4, about 1e-5 per cycle, or 0.1% over
+  the ~80 cycles of a run.
+- The ideal number of tokens per profile is the window divided by ``L - M``. Each
+  real cycle is that, minus the jitter (up to 0.2 s earlier, 0.1 s on average), plus
+  the wait for a tick and the task round trip. ``interval`` 0.25 s with three beats
+  keeps that wait near 0.05 s, so over ~26 cycles the count stays within one of the
+  ideal (at 0.5 s it drifted to 1.4 below it); a duplicated refresh (three workers,
+  three beats) would add one per cycle, a missed one would show as a reader miss.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import redis
+
+from token_worker import TokenReader
+
+from .conftest import Fleet, subprocess_env
+from .test_reliability import SCOPES, write_config
+
+pytestmark = pytest.mark.integration
+
+LIFETIME, MARGIN, INTERVAL, MIN_TTL = 5.0, 3.0, 0.25, 0.5
+READERS, READ_SECONDS, WARM_UP = 8, 55.0, 2.0
+
+READER = textwrap.dedent("""
+    import json, sys, time
+    from token_worker import TokenReader, TokenUnavailable
+    url, seconds, min_ttl, *profiles = sys.argv[1:]
+    reader = TokenReader(url, min_ttl=float(min_ttl))
+    for p in profiles:
+        reader.get(p, wait=30)
+    out = {"reads": 0, "missing": [], "expired": [], "least_left": None}
+    end = time.time() + float(seconds)
+    while (now := time.time()) < end:
+        for p in profiles:
+            try:
+                token = reader.get(p)
+            except TokenUnavailable as exc:
+                out["missing"].append([now, p, str(exc)])
+                continue
+            left = token.expires_at - time.time()  # same host: the fleet clock
+            out["reads"] += 1
+            if left <= 0:
+                out["expired"].append([now, p, left])
+            if out["least_left"] is None or left < out["least_left"]:
+                out["least_left"] = left
+        time.sleep(0.02)
+    print(json.dumps(out))
+""")
+
+
+def _record_publishes(url: str, stop: threading.Event,
+                      out: dict[str, list[float]]) -> threading.Thread:
+    """Wall-clock time of every token publish, per profile (the events channel)."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("stitch:events")
+
+    def run() -> None:
+        while not stop.is_set():
+            msg = pubsub.get_message(timeout=0.2)
+            if msg and msg["type"] == "message":
+                profile, _, what = msg["data"].partition(" ")
+                if what and ":" not in what and what != "purged":  # a fingerprint
+                    out.setdefault(profile, []).append(time.time())
+        pubsub.close()
+        client.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_minute_of_flaky_endpoint_and_short_tokens_never_starves_a_reader(
+        fleet: Fleet) -> None:
+    fleet.emulator.set_expires_in(LIFETIME)
+    fleet.emulator.set_faults([{"mode": "http_error", "status": 503, "probability": 0.2}])
+    config = write_config(fleet.tmp / "tw.toml", redis_url=fleet.redis_url,
+                          token_url=fleet.emulator.url, profiles=list(SCOPES),
+                          margin=MARGIN, interval=INTERVAL)
+    publishes: dict[str, list[float]] = {}
+    stop = threading.Event()
+    recorder = _record_publishes(fleet.redis_url, stop, publishes)
+    workers = [fleet.start_worker(config) for _ in range(3)]
+    reader = TokenReader(fleet.redis_url, min_ttl=MIN_TTL)
+    for p in SCOPES:
+        reader.get(p, wait=60)
+    reader.close()
+
+    start = time.time()
+    procs = [subprocess.Popen([sys.executable, "-c", READER, fleet.redis_url,
+                               str(READ_SECONDS), str(MIN_TTL), *SCOPES],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=subprocess_env()) for _ in range(READERS)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=READ_SECONDS + 60)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out))
+    end = time.time()
+    for w in workers:  # first, so a refresh in flight is published before we stop counting
+        assert w.terminate() == 0
+    time.sleep(0.5)
+    stop.set()
+    recorder.join(5)
+
+    stats = fleet.emulator.stats()
+    reads = sum(r["reads"] for r in results)
+    missing = [m for r in results for m in r["missing"] if m[0] >= start + WARM_UP]
+    expired = [e for r in results for e in r["expired"]]
+    least = min(r["least_left"] for r in results)
+    print(f"\n{READERS} readers: {reads} reads, {len(missing)} missing, {len(expired)} "
+          f"expired, least life left when read {least:.2f}s; endpoint: {stats['calls']} "
+          f"calls, {stats['failed']} failed, {stats['issued']} tokens issued")
+    assert not missing, missing[:5]
+    assert not expired, expired[:5]
+    # every token issued was published: no refresh was done twice
+    assert stats["issued"] == sum(len(t) for t in publishes.values())
+
+    window_start, window_end = start + WARM_UP, end - 1.0
+    ideal = (window_end - window_start) / (LIFETIME - MARGIN)
+    for profile in SCOPES:
+        n = sum(1 for t in publishes.get(profile, []) if window_start <= t < window_end)
+        print(f"{profile}: {n} tokens in {window_end - window_start:.1f}s, ideal {ideal:.1f}")
+        assert abs(n - ideal) <= 1, (profile, n, ideal)
