@@ -24,19 +24,10 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .config import KNOWN_SCOPES  # one list of Stitch scopes, as config check knows them
+
 log = logging.getLogger("token_worker.emulator")
 
-KNOWN_SCOPES: tuple[str, ...] = (
-    "client_paymentrequest",
-    "client_bankaccountverification",
-    "client_imageupload",
-    "client_businesslookup",
-    "client_paymentauthorizationrequest",
-    "client_refund",
-    "client_disbursement",
-    "client_recurringpaymentconsentrequest",
-    "client_consentrequest",
-)
 TOKEN_PATH = "/connect/token"  # noqa: S105 - a URL path, not a password
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # private_key_jwt: clock skew allowed, and the longest-lived assertion accepted
