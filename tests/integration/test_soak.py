@@ -13,8 +13,9 @@ The numbers are chosen so that the claim is a property of the design, not of luc
   less than the interval, so about four more single-call attempts fit before the
   reader would refuse: a miss needs 0.008 x 0.2^4, about 1e-5 per cycle, or 0.1% over
   the ~80 cycles of a run.
-- The ideal number of tokens per profile is the window divided by ``L - M``. Each
-  real cycle is that, minus the jitter (up to 0.2 s earlier, 0.1 s on average), plus
+- The ideal number of tokens per profile is the window divided by the scheduled cycle,
+  ``L - M`` minus the mean jitter (up to 0.2 s earlier, 0.1 s on average). Each real
+  cycle is that plus
   the wait for a tick and the task round trip. ``interval`` 0.25 s with three beats
   keeps that wait near 0.05 s, so over ~26 cycles the count stays within one of the
   ideal (at 0.5 s it drifted to 1.4 below it); a duplicated refresh (three workers,
@@ -34,6 +35,7 @@ import pytest
 import redis
 
 from token_worker import TokenReader
+from token_worker.tokens import JITTER_FRACTION
 
 from .conftest import Fleet, subprocess_env
 from .test_reliability import SCOPES, write_config
@@ -139,7 +141,10 @@ def test_a_minute_of_flaky_endpoint_and_short_tokens_never_starves_a_reader(
     assert stats["issued"] == sum(len(t) for t in publishes.values())
 
     window_start, window_end = start + WARM_UP, end - 1.0
-    ideal = (window_end - window_start) / (LIFETIME - MARGIN)
+    # the schedule itself pulls each refresh earlier by a uniform jitter of up to
+    # JITTER_FRACTION of the lead time: the ideal cycle is L - M minus its mean
+    cycle = (LIFETIME - MARGIN) * (1 - JITTER_FRACTION / 2)
+    ideal = (window_end - window_start) / cycle
     for profile in SCOPES:
         n = sum(1 for t in publishes.get(profile, []) if window_start <= t < window_end)
         print(f"{profile}: {n} tokens in {window_end - window_start:.1f}s, ideal {ideal:.1f}")
