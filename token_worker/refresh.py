@@ -281,10 +281,13 @@ class Refresher:
             return RefreshResult(profile, Outcome.DONE_ELSEWHERE)
         self.store.record_attempt(profile, now)
         started = time.monotonic()
-        issued, error, calls, sent_at = self._request(profile)
+        # read once: under the lock no other process can change the count meanwhile
+        failures = int(self.store.status(profile).get("consecutive_failures") or 0)
+        issued, error, calls, sent_at = self._request(profile, failures)
         if issued is None:
             assert error is not None
-            return self._failed(profile, error, current, calls, time.monotonic() - started)
+            return self._failed(profile, error, current, calls, time.monotonic() - started,
+                                failures)
         issued_at = now + sent_at
         expires_at = issued_at + issued.expires_in
         token = Token(
@@ -316,7 +319,7 @@ class Refresher:
                              token.issued_at, calls=calls)
 
     def _request(
-        self, profile: str
+        self, profile: str, failures: int
     ) -> tuple[IssuedToken | None, TokenRequestError | ConfigError | None, int, float]:
         """One attempt: the call plus a few retries of retryable errors.
 
@@ -328,8 +331,7 @@ class Refresher:
         """
         client = self.config.client_for(profile)
         scopes = self.config.profiles[profile].scopes
-        failing = int(self.store.status(profile).get("consecutive_failures") or 0) > 0
-        retries = 0 if failing else self.config.refresh.retries
+        retries = 0 if failures else self.config.refresh.retries
         base = time.monotonic()
         for attempt in range(retries + 1):
             sent_at = time.monotonic() - base
@@ -353,7 +355,7 @@ class Refresher:
         raise AssertionError("unreachable")  # the last iteration always returns
 
     def _failed(self, profile: str, exc: TokenRequestError | ConfigError, current: Token | None,
-                calls: int, duration: float) -> RefreshResult:
+                calls: int, duration: float, failures_before: int) -> RefreshResult:
         if isinstance(exc, TokenRequestError):
             code, retryable, retry_after = exc.error, exc.retryable, exc.retry_after
             message = str(exc)
@@ -362,8 +364,6 @@ class Refresher:
             message = "; ".join(exc.problems)
         now = self.store.time()
         time_left = current.expires_at - now if current is not None else None
-        status = self.store.status(profile)
-        failures_before = int(status.get("consecutive_failures") or 0)
         delay = next_attempt_delay(failures_before + 1, retryable, time_left,
                                    self.config.refresh.interval_seconds, retry_after, self.rng)
         failures, previous = self.store.record_failure(profile, now, message, code, now + delay)
