@@ -8,6 +8,7 @@ shared Redis.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,3 +284,10 @@ def memory_kib(pids: list[int]) -> tuple[int, int]:
         except OSError:
             continue
     return rss, pss
+
+
+def run_alone(run: Callable[[bool], Sequence[Row]], doc: str | None) -> None:
+    """``python -m bench.NAME [--quick]``: run one benchmark and print its rows."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    print_rows(run(ap.parse_args().quick))

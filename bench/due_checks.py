@@ -13,7 +13,6 @@ Calls are interleaved in rounds; the ratio is the median of per-round ratios.
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from token_worker.refresh import Refresher
 from token_worker.store import TokenStore, connect_redis
 from token_worker.tokens import Token, schedule_refresh
 
-from .common import RedisServer, Row, median, print_rows, redis_server
+from .common import RedisServer, Row, median, redis_server, run_alone
 
 PREFIX = "bench"
 NAME = "2 due check"
@@ -147,10 +146,7 @@ def run(quick: bool = False) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    print_rows(run(args.quick))
+    run_alone(run, __doc__)
 
 
 if __name__ == "__main__":

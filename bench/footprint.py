@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import subprocess
@@ -31,8 +30,8 @@ from .common import (
     discard,
     median,
     memory_kib,
-    print_rows,
     redis_server,
+    run_alone,
     tempdir,
 )
 from .due_checks import populate
@@ -185,10 +184,7 @@ def run(quick: bool = False) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    print_rows(run(args.quick))
+    run_alone(run, __doc__)
 
 
 if __name__ == "__main__":

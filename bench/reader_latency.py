@@ -14,7 +14,6 @@ load hits them alike; latencies are per call, ``perf_counter_ns`` around each ca
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import threading
@@ -29,7 +28,7 @@ from token_worker.reader import DEFAULT_CACHE_MAX_AGE
 from token_worker.store import TokenStore, connect_redis
 from token_worker.tokens import Token
 
-from .common import RedisServer, Row, median, percentile, print_rows, redis_server
+from .common import RedisServer, Row, median, percentile, redis_server, run_alone
 
 PREFIX = "bench"
 PROFILE = "payments"
@@ -437,10 +436,7 @@ def run(quick: bool = False) -> list[Row]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    print_rows(run(args.quick))
+    run_alone(run, __doc__)
 
 
 if __name__ == "__main__":

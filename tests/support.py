@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,25 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> Any:
 
 def iter_lines(path: Path) -> Iterator[str]:
     yield from path.read_text(errors="replace").splitlines()
+
+
+def record_publishes(url: str, stop: threading.Event, out: dict[str, list[float]],
+                     clock: Callable[[], float] = time.monotonic) -> threading.Thread:
+    """Record, per profile, when each token is published (the events channel)."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("stitch:events")
+
+    def run() -> None:
+        while not stop.is_set():
+            msg = pubsub.get_message(timeout=0.2)
+            if msg and msg["type"] == "message":
+                profile, _, what = msg["data"].partition(" ")
+                if what and ":" not in what and what != "purged":  # a fingerprint
+                    out.setdefault(profile, []).append(clock())
+        pubsub.close()
+        client.close()  # referenced here so the pubsub's pool outlives this function
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from token_worker import TokenReader
 
+from ..support import record_publishes
 from .conftest import THREE, Fleet, subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -61,35 +61,13 @@ def test_rotation_ahead_of_expiry_while_a_reader_never_misses(fleet: Fleet) -> N
     assert all(calls[scopes[0]] <= run / (lifetime - margin) + 3 for scopes in THREE.values())
 
 
-def _collect_publishes(url: str, stop: threading.Event,
-                       out: dict[str, list[float]]) -> threading.Thread:
-    """Record when each profile's token is published (the events channel)."""
-    client = redis.Redis.from_url(url, decode_responses=True)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe("stitch:events")
-
-    def run() -> None:
-        while not stop.is_set():
-            msg = pubsub.get_message(timeout=0.2)
-            if msg and msg["type"] == "message":
-                profile, _, what = msg["data"].partition(" ")
-                if what and ":" not in what and what != "purged":  # a fingerprint
-                    out.setdefault(profile, []).append(time.monotonic())
-        pubsub.close()
-        client.close()  # referenced here so the pubsub's pool outlives this function
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_two_workers_with_beat_make_one_call_per_profile_per_lifetime(fleet: Fleet) -> None:
     lifetime, margin, run = 10, 4.0, 30
     fleet.emulator.set_expires_in(lifetime)
     config = fleet.config(margin=margin, interval=1)
     publishes: dict[str, list[float]] = {}
     stop = threading.Event()
-    collector = _collect_publishes(fleet.redis_url, stop, publishes)
+    collector = record_publishes(fleet.redis_url, stop, publishes)
     workers = [fleet.start_worker(config), fleet.start_worker(config)]
     for w in workers:
         w.wait_ready()

@@ -32,11 +32,11 @@ import threading
 import time
 
 import pytest
-import redis
 
 from token_worker import TokenReader
 from token_worker.tokens import JITTER_FRACTION
 
+from ..support import record_publishes
 from .conftest import Fleet, subprocess_env
 from .test_reliability import SCOPES, write_config
 
@@ -72,28 +72,6 @@ READER = textwrap.dedent("""
 """)
 
 
-def _record_publishes(url: str, stop: threading.Event,
-                      out: dict[str, list[float]]) -> threading.Thread:
-    """Wall-clock time of every token publish, per profile (the events channel)."""
-    client = redis.Redis.from_url(url, decode_responses=True)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe("stitch:events")
-
-    def run() -> None:
-        while not stop.is_set():
-            msg = pubsub.get_message(timeout=0.2)
-            if msg and msg["type"] == "message":
-                profile, _, what = msg["data"].partition(" ")
-                if what and ":" not in what and what != "purged":  # a fingerprint
-                    out.setdefault(profile, []).append(time.time())
-        pubsub.close()
-        client.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_a_minute_of_flaky_endpoint_and_short_tokens_never_starves_a_reader(
         fleet: Fleet) -> None:
     fleet.emulator.set_expires_in(LIFETIME)
@@ -103,7 +81,7 @@ def test_a_minute_of_flaky_endpoint_and_short_tokens_never_starves_a_reader(
                           margin=MARGIN, interval=INTERVAL)
     publishes: dict[str, list[float]] = {}
     stop = threading.Event()
-    recorder = _record_publishes(fleet.redis_url, stop, publishes)
+    recorder = record_publishes(fleet.redis_url, stop, publishes, time.time)
     workers = [fleet.start_worker(config) for _ in range(3)]
     reader = TokenReader(fleet.redis_url, min_ttl=MIN_TTL)
     for p in SCOPES:
