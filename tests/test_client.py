@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import pickle
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from token_worker.config import ClientSettings, Config, load_config
 from token_worker.emulator import Emulator
 from token_worker.exceptions import ConfigError, TokenRequestError
 
+from .http_servers import Canned
 from .support import CLIENT_ID, SECRET, free_port, write_config
 
 SCOPES = ["client_paymentrequest"]
@@ -150,7 +152,7 @@ def test_unreadable_secret_is_a_config_error_not_a_call(emulator: Emulator, clie
     monkeypatch.delenv("STITCH_CLIENT_SECRET")
     with pytest.raises(ConfigError) as info:
         client.request_token(main_client, SCOPES)
-    assert "STITCH_CLIENT_SECRET" in str(info.value)
+    assert "client_secret_env" in str(info.value)  # the key is named, its value is not quoted
     assert emulator.calls == 0
 
 
@@ -249,6 +251,51 @@ def test_malformed_success_is_a_non_retryable_error(emulator: Emulator, client: 
     assert (err.error, err.status, err.retryable) == ("malformed_response", 200, False)
     for token in emulator.issued_tokens:
         assert token not in str(err)
+
+
+@pytest.mark.parametrize("value", [1e12, 1e300, 604800.5, 0, -1, math.nan, math.inf, -math.inf,
+                                   True, False, "nan", "inf", "1_000", "0x10", "3600s", "",
+                                   "1" * 400, 10**400, [3600], {"s": 1}])
+def test_expires_in_outside_a_week_or_not_a_number_is_malformed(
+        emulator: Emulator, client: TokenClient, main_client: ClientSettings, value: Any) -> None:
+    err = fail_with(emulator, client, main_client, mode="bad_expires", value=value)
+    assert (err.error, err.retryable) == ("malformed_response", False)
+    assert "expires_in" in str(err)
+
+
+@pytest.mark.parametrize("value", [604800, 0.5, "7200", "90.5", "3.6e3"])
+def test_expires_in_up_to_a_week_is_accepted(emulator: Emulator, client: TokenClient,
+                                             main_client: ClientSettings, value: Any) -> None:
+    emulator.set_faults([{"mode": "bad_expires", "value": value}])
+    assert client.request_token(main_client, SCOPES).expires_in == float(value)
+
+
+def test_error_code_with_trailing_newline_is_not_echoed(emulator: Emulator, client: TokenClient,
+                                                        main_client: ClientSettings) -> None:
+    err = fail_with(emulator, client, main_client, mode="oauth_error", error="invalid_grant\n")
+    assert (err.error, err.status) == ("http_400", 400)
+    assert "\n" not in str(err) and "invalid_grant" not in str(err)
+
+
+@pytest.mark.parametrize("timeout", [math.nan, math.inf, 0, -1])
+def test_timeout_must_be_positive_and_finite(timeout: float) -> None:
+    with pytest.raises(ValueError):
+        TokenClient("http://127.0.0.1:1/connect/token", timeout=timeout)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirect_is_refused_and_the_form_never_reaches_its_target(
+        main_client: ClientSettings, status: int) -> None:
+    with Canned(body=b"{}") as target:
+        with Canned(status, b"", {"Location": target.url}) as endpoint:
+            with pytest.raises(TokenRequestError) as info:
+                TokenClient(endpoint.url, timeout=2).request_token(main_client, SCOPES)
+            assert len(endpoint.received) == 1
+        assert target.received == []
+    err = info.value
+    assert (err.status, err.retryable, err.error) == (status, False, "redirect_refused")
+    assert f"HTTP {status} redirect refused" in str(err)
+    assert str(target.port) not in str(err) and "Location" not in str(err)
 
 
 # -- nothing secret escapes -------------------------------------------------------------

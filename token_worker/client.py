@@ -10,18 +10,21 @@ or a log: a careless server may echo the request (and so the secret) back.
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+import urllib3
 
 from ._version import __version__
 from .config import ClientSettings
+from .deadline import BodyTooLarge, Deadline, install, read_capped
 from .exceptions import ConfigError, TokenRequestError
 
 __all__ = ["IssuedToken", "TokenClient", "can_retry", "parse_retry_after"]
@@ -30,7 +33,17 @@ log = logging.getLogger("token_worker.client")
 
 USER_AGENT = f"token_worker/{__version__} (+requests/{requests.__version__})"
 # OAuth error codes are short snake_case words; anything else is not echoed
-_ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_CONTENT_TYPE = re.compile(r"[a-z0-9.+-]{1,40}/[a-z0-9.+-]{1,60}")
+MAX_BODY_BYTES = 64 * 1024  # a token answer is a few hundred bytes
+MAX_EXPIRES_IN = 604800  # a week: the contract's bound; beyond it is a broken server
+MAX_TOKEN_CHARS = 8192
+MAX_SCOPE_CHARS = 4096
+# Printable ASCII without space: a token goes verbatim into an Authorization header
+_TOKEN = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_CHARS}}}")
+_SCOPE = re.compile(rf"[\x20-\x7e]{{0,{MAX_SCOPE_CHARS}}}")
+# expires_in sent as a string: plain decimal only (float() would take "nan", "1_000")
+_NUMBER = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,12})?(?:[eE][+-]?[0-9]{1,3})?")
 # RFC 6749 5.2 codes that mean "this will not work until someone changes something"
 _PERMANENT = {"invalid_client", "invalid_scope", "invalid_grant", "invalid_request",
               "unauthorized_client", "unsupported_grant_type", "access_denied"}
@@ -77,49 +90,70 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds)
 
 
-def _error_code(response: requests.Response) -> str | None:
+def _load_json(body: bytes) -> Any:
+    """Parsed JSON, or None when the body is not JSON (deep nesting included)."""
     try:
-        body = response.json()
-    except ValueError:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
-    code = body.get("error") if isinstance(body, dict) else None
-    return code if isinstance(code, str) and _ERROR_CODE.match(code) else None
 
 
-def _malformed(client_id: str, what: str) -> TokenRequestError:
+def _error_code(body: bytes) -> str | None:
+    parsed = _load_json(body)
+    code = parsed.get("error") if isinstance(parsed, dict) else None
+    return code if isinstance(code, str) and _ERROR_CODE.fullmatch(code) else None
+
+
+def _malformed(client_id: str, what: str, status: int | None = 200) -> TokenRequestError:
     return TokenRequestError(
         f"token request for client {client_id}: malformed response: {what}",
-        error="malformed_response", status=200, retryable=False,
+        error="malformed_response", status=status, retryable=False,
     )
 
 
-def parse_token_response(
-    response: requests.Response, client_id: str, scopes: Sequence[str]
-) -> IssuedToken:
-    """Validate a 200 answer. Raises TokenRequestError (not retryable) on any defect."""
+def _expires_in(raw: Any) -> float | None:
+    """``expires_in`` as seconds when it is a number in (0, MAX_EXPIRES_IN], else None."""
+    if isinstance(raw, str) and _NUMBER.fullmatch(raw):
+        raw = float(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
     try:
-        body = response.json()
-    except ValueError:
-        kind = response.headers.get("Content-Type", "unknown").split(";")[0]
-        raise _malformed(client_id, f"body is not JSON (content-type {kind})") from None
-    if not isinstance(body, dict):
+        seconds = float(raw)
+    except OverflowError:  # an int too big for a float
+        return None
+    return seconds if math.isfinite(seconds) and 0 < seconds <= MAX_EXPIRES_IN else None
+
+
+def parse_token_response(
+    body: bytes, content_type: str, client_id: str, scopes: Sequence[str]
+) -> IssuedToken:
+    """Validate a 200 answer. Raises TokenRequestError (not retryable) on any defect.
+
+    Messages say what is wrong, never what the body held.
+    """
+    parsed = _load_json(body)
+    if parsed is None:
+        kind = content_type.split(";")[0].strip().lower()
+        kind = kind if _CONTENT_TYPE.fullmatch(kind) else "unknown"
+        raise _malformed(client_id, f"body is not JSON (content-type {kind})")
+    if not isinstance(parsed, dict):
         raise _malformed(client_id, "body is not a JSON object")
-    access_token = body.get("access_token")
+    access_token = parsed.get("access_token")
     if not isinstance(access_token, str) or not access_token.strip():
         raise _malformed(client_id, "access_token missing or empty")
-    raw_expires: Any = body.get("expires_in")
-    try:
-        expires_in = float(raw_expires) if not isinstance(raw_expires, bool) else math.nan
-    except (TypeError, ValueError):
-        expires_in = math.nan
-    if not math.isfinite(expires_in) or expires_in <= 0:
-        raise _malformed(client_id, "expires_in is not a positive number")
-    token_type = body.get("token_type")
+    if not _TOKEN.fullmatch(access_token):
+        raise _malformed(client_id, f"access_token is not 1-{MAX_TOKEN_CHARS} printable "
+                                    "ASCII characters")
+    expires_in = _expires_in(parsed.get("expires_in"))
+    if expires_in is None:
+        raise _malformed(client_id, f"expires_in is not a number in (0, {MAX_EXPIRES_IN}]")
+    token_type = parsed.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise _malformed(client_id, "token_type is not Bearer")
-    granted_raw = body.get("scope", " ".join(scopes))  # RFC 6749 5.1: omitted = as requested
-    if not isinstance(granted_raw, str):
-        raise _malformed(client_id, "scope is not a string")
+    granted_raw = parsed.get("scope", " ".join(scopes))  # RFC 6749 5.1: omitted = as requested
+    if not isinstance(granted_raw, str) or not _SCOPE.fullmatch(granted_raw):
+        raise _malformed(client_id, f"scope is not a string of at most {MAX_SCOPE_CHARS} "
+                                    "printable ASCII characters")
     granted = tuple(granted_raw.split())
     missing = [s for s in scopes if s not in granted]
     if missing:
@@ -128,22 +162,27 @@ def parse_token_response(
                        token_type="Bearer", scopes=granted)  # noqa: S106 (a type name)
 
 
-def error_from_response(response: requests.Response, client_id: str) -> TokenRequestError:
+def error_from_response(
+    status: int, headers: Mapping[str, str], body: bytes, client_id: str
+) -> TokenRequestError:
     """Map a non-200 answer to a TokenRequestError, using only status, code and headers."""
-    status = response.status_code
-    code = _error_code(response)
+    code = _error_code(body)
     if code is None:
         code = ("rate_limited" if status == 429 else "server_error" if status >= 500
                 else "unauthorized" if status == 401 else f"http_{status}")
     return TokenRequestError(
         f"token request for client {client_id} failed: HTTP {status} {code}",
         error=code, status=status, retryable=can_retry(status, code),
-        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        retry_after=parse_retry_after(headers.get("Retry-After")),
     )
 
 
 class TokenClient:
-    """Requests client tokens from one token endpoint over one pooled session."""
+    """Requests client tokens from one token endpoint over one pooled session.
+
+    Each request has a total deadline of ``timeout`` seconds (connect, send, headers and
+    body), enforced by :mod:`token_worker.deadline`; redirects are never followed.
+    """
 
     def __init__(
         self,
@@ -152,11 +191,16 @@ class TokenClient:
         timeout: float = 10.0,
         session: requests.Session | None = None,
     ) -> None:
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError("timeout must be a positive finite number of seconds")
         self.token_url = token_url
         self.audience = audience or token_url
         self.timeout = timeout
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
+        if not install(self.session, token_url):
+            log.warning("session has its own adapter for the token URL: the request "
+                        "deadline covers the body only")
 
     def __repr__(self) -> str:
         return f"TokenClient(token_url={self.token_url!r}, timeout={self.timeout!r})"
@@ -182,6 +226,19 @@ class TokenClient:
             form["client_secret"] = client.read_secret().get_secret_value()
         return form
 
+    def _timed_out(self, client_id: str) -> TokenRequestError:
+        return TokenRequestError(
+            f"token request for client {client_id} timed out after {self.timeout:g}s",
+            error="timeout", retryable=True,
+        )
+
+    def _unreachable(self, client_id: str, exc: BaseException) -> TokenRequestError:
+        return TokenRequestError(
+            f"token request for client {client_id} failed: cannot reach "
+            f"{self.token_url} ({type(exc).__name__})",
+            error="connection_error", retryable=True,
+        )
+
     def request_token(self, client: ClientSettings, scopes: Sequence[str]) -> IssuedToken:
         """Make one token request.
 
@@ -193,29 +250,49 @@ class TokenClient:
             raise ConfigError(["scopes: must not be empty"])
         form = self._form(client, scopes)
         started = time.monotonic()
-        try:
-            response = self.session.post(
-                self.token_url, data=form, timeout=self.timeout,
-                headers={"Accept": "application/json"},
-            )
-        except requests.Timeout:
-            raise TokenRequestError(
-                f"token request for client {client.client_id} timed out after {self.timeout:g}s",
-                error="timeout", retryable=True,
-            ) from None
-        except requests.RequestException as exc:
-            raise TokenRequestError(
-                f"token request for client {client.client_id} failed: cannot reach "
-                f"{self.token_url} ({type(exc).__name__})",
-                error="connection_error", retryable=True,
-            ) from None
-        finally:
-            form.clear()
-        elapsed = time.monotonic() - started
-        log.debug("token endpoint answered client_id=%s status=%s duration=%.3fs",
-                  client.client_id, response.status_code, elapsed)
-        with response:
-            if response.status_code != 200:
-                raise error_from_response(response, client.client_id)
-            return parse_token_response(response, client.client_id, scopes)
+        with Deadline(self.timeout) as deadline:
+            try:
+                # never follow a redirect: it would re-send the form, secret and all
+                response = self.session.post(
+                    self.token_url, data=form, allow_redirects=False, stream=True,
+                    timeout=(deadline.remaining(), deadline.remaining()),
+                    headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+                )
+            except requests.Timeout:
+                raise self._timed_out(client.client_id) from None
+            except requests.RequestException as exc:
+                if deadline.passed():  # the watchdog shut the socket down
+                    raise self._timed_out(client.client_id) from None
+                raise self._unreachable(client.client_id, exc) from None
+            finally:
+                form.clear()
+            with response:
+                return self._answer(response, deadline, client.client_id, scopes, started)
 
+    def _answer(self, response: requests.Response, deadline: Deadline, client_id: str,
+                scopes: Sequence[str], started: float) -> IssuedToken:
+        status = response.status_code
+        log.debug("token endpoint answered client_id=%s status=%s duration=%.3fs",
+                  client_id, status, time.monotonic() - started)
+        if 300 <= status < 400:
+            # the Location is not quoted: it may carry anything the server chose
+            raise TokenRequestError(
+                f"token request for client {client_id} failed: HTTP {status} redirect refused",
+                error="redirect_refused", status=status, retryable=False,
+            )
+        try:
+            body = read_capped(response, MAX_BODY_BYTES, deadline)
+        except (BodyTooLarge, TimeoutError, requests.RequestException,
+                urllib3.exceptions.HTTPError, OSError) as exc:
+            if status != 200:
+                body = b""  # the status alone still says what went wrong
+            elif isinstance(exc, BodyTooLarge):
+                raise _malformed(client_id, str(exc)) from None
+            elif isinstance(exc, TimeoutError) or deadline.passed():
+                raise self._timed_out(client_id) from None
+            else:
+                raise self._unreachable(client_id, exc) from None
+        if status != 200:
+            raise error_from_response(status, response.headers, body, client_id)
+        return parse_token_response(body, response.headers.get("Content-Type", ""),
+                                    client_id, scopes)
