@@ -13,11 +13,10 @@ from token_worker.config import (
     credential_problems,
     load_config,
     parse_config,
-    redact_url,
 )
 from token_worker.exceptions import ConfigError, TokenWorkerError
 
-from .support import CLIENT_ID, SECRET, write_config
+from .support import CLIENT_ID, write_config
 
 SECRET_CLIENT = {"client_id": CLIENT_ID, "client_secret_env": "STITCH_CLIENT_SECRET"}
 
@@ -154,13 +153,14 @@ def test_missing_scopes_is_refused() -> None:
 
 def test_scope_with_whitespace_or_duplicate_is_refused() -> None:
     problems = problems_of(base(profiles={"p": {"scopes": ["a b", "x", "x"]}}))
-    assert any(p.startswith("profiles.p.scopes: 'a b'") for p in problems)
+    assert any(p.startswith("profiles.p.scopes[0]: not a scope name") for p in problems)
+    assert not any("a b" in p for p in problems)  # the value is never quoted
     assert "profiles.p.scopes: lists a scope twice" in problems
 
 
 def test_profile_naming_a_missing_client_is_refused() -> None:
     problems = problems_of(base(profiles={"p": {"client": "nope", "scopes": ["client_refund"]}}))
-    assert problems == ["profiles.p.client: no client named 'nope' in [clients]"]
+    assert problems == ["profiles.p.client: names no client in [clients]"]
 
 
 def test_client_must_be_named_when_two_clients_are_configured() -> None:
@@ -238,7 +238,7 @@ def test_every_problem_is_reported_at_once_one_line_each() -> None:
         "bogus: unknown key",
         "redis.colour: unknown key",
         "profiles.refunds.scopes: must not be empty",
-        "profiles.payments.client: no client named 'ghost' in [clients]",
+        "profiles.payments.client: names no client in [clients]",
         "profiles.orphans.client: required when 2 clients are configured",
     ]
     for line in expected:
@@ -313,8 +313,7 @@ def test_structure_loads_without_any_secret_present(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("STITCH_CLIENT_SECRET", raising=False)
     config = parse_config(base())  # readers load the same file without a secret
     assert credential_problems(config) == [
-        "clients.main.client_secret_env: environment variable STITCH_CLIENT_SECRET "
-        "is not set or empty"
+        "clients.main.client_secret_env: the environment variable it names is not set or empty"
     ]
 
 
@@ -324,8 +323,8 @@ def test_unreadable_secret_file_is_a_credential_problem(tmp_path: Path) -> None:
                                                  "client_secret_file": str(missing)}}))
     problems = credential_problems(config)
     assert len(problems) == 1
-    assert problems[0].startswith("clients.main.client_secret_file: cannot read")
-    assert str(missing) in problems[0]
+    assert problems[0].startswith("clients.main.client_secret_file: file cannot be read")
+    assert str(missing) not in problems[0]  # the key is named, the value never quoted
 
 
 def test_empty_secret_file_is_a_credential_problem(tmp_path: Path) -> None:
@@ -333,7 +332,7 @@ def test_empty_secret_file_is_a_credential_problem(tmp_path: Path) -> None:
     empty.write_text("\n")
     config = parse_config(base(clients={"main": {"client_id": CLIENT_ID,
                                                  "client_secret_file": str(empty)}}))
-    assert credential_problems(config) == [f"clients.main.client_secret_file: {empty} is empty"]
+    assert credential_problems(config) == ["clients.main.client_secret_file: file is empty"]
 
 
 def test_unreadable_certificate_is_a_credential_problem(tmp_path: Path) -> None:
@@ -379,8 +378,8 @@ def test_secret_env_is_read_when_needed(monkeypatch: pytest.MonkeyPatch) -> None
 def test_unknown_scope_is_a_warning_not_an_error() -> None:
     config = parse_config(base(profiles={"p": {"scopes": ["client_newthing"]}}))
     warnings = config_warnings(config)
-    assert any(w.startswith("profiles.p.scopes: unknown scope 'client_newthing'")
-               for w in warnings)
+    assert any(w.startswith("profiles.p.scopes[0]: unknown scope") for w in warnings)
+    assert not any("client_newthing" in w for w in warnings)  # not our name: not quoted
 
 
 def test_known_scopes_and_sane_margins_give_no_warnings() -> None:
@@ -389,34 +388,6 @@ def test_known_scopes_and_sane_margins_give_no_warnings() -> None:
 
 
 # -- nothing secret in a repr -----------------------------------------------------------
-
-def test_reprs_never_show_the_secret_or_redis_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STITCH_CLIENT_SECRET", SECRET)
-    config = parse_config(base(
-        redis={"url": "redis://:hunter2-pw@10.0.0.1:6379/0"},
-        celery={"broker_url": "redis://user:broker-pw@10.0.0.2:6379/1"},
-    ))
-    secret = config.client_for("payments").read_secret()
-    shown = " ".join([repr(config), str(config), repr(config.redis), repr(config.celery),
-                      repr(config.clients), repr(secret), str(secret)])
-    for needle in (SECRET, "hunter2-pw", "broker-pw"):
-        assert needle not in shown
-    assert "redis://:***@10.0.0.1:6379/0" in shown
-    assert secret.get_secret_value() == SECRET
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
-        ("rediss://user:pw@h/2", "rediss://user:***@h/2"),
-        ("redis://h:1/0", "redis://h:1/0"),
-        ("amqp://guest@h//", "amqp://guest@h//"),
-    ],
-)
-def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
-
 
 def test_config_is_immutable() -> None:
     config = parse_config(base())

@@ -22,7 +22,12 @@ from token_worker import TokenReader
 from token_worker.cli import cli
 from token_worker.client import TokenClient
 from token_worker.config import ClientSettings
-from token_worker.credentials import ASSERTION_TYPE, load_certificate
+from token_worker.credentials import (
+    ASSERTION_TYPE,
+    certificate_not_after,
+    certificate_problems,
+    load_certificate,
+)
 from token_worker.emulator import Emulator
 from token_worker.exceptions import ConfigError
 
@@ -282,8 +287,8 @@ def test_config_check_warns_about_a_private_key_others_can_read(
     ("expired", "certificate expired on"),
     ("no_rsa_key", "holds no RSA private key"),
     ("ec_key", "holds no RSA private key"),
-    ("missing", "cannot read"),
-    ("directory", "cannot read"),
+    ("missing", "file cannot be read"),
+    ("directory", "file cannot be read"),
     ("mismatched", "no certificate in"),
     ("truncated", "cannot be loaded"),
 ])
@@ -357,3 +362,38 @@ def test_emulator_command_refuses_an_unreadable_certificate(tmp_path: Path) -> N
                  f"{CERT_CLIENT_ID}={tmp_path / 'absent.pem'}")
     assert result.exit_code == 2
     assert "cannot read" in result.stderr
+
+
+# -- the expiry shown is the certificate of the key (issue 10, item 13) --------------------
+
+def test_certificate_expiry_is_the_leaf_even_when_the_ca_comes_first(
+        tmp_path: Path, key: rsa.RSAPrivateKey) -> None:
+    ca_key = pki.rsa_key()
+    ca = pki.certificate(ca_key, "Stitch test CA", ca=True, days=3650)
+    leaf = pki.certificate(key, issuer=(ca, ca_key), days=100)
+    bundle = pki.write(tmp_path / "bundle.pem", pki.cert_pem(ca), pki.cert_pem(leaf),
+                       pki.key_pem(key))
+    assert certificate_not_after(str(bundle)) == leaf.not_valid_after_utc
+    assert load_certificate(str(bundle)).kid == pki.thumbprint(leaf)
+    # no certificate of this key: no expiry, rather than the CA's
+    other = pki.write(tmp_path / "other.pem", pki.cert_pem(ca), pki.key_pem(key))
+    assert certificate_not_after(str(other)) is None
+    lone = pki.write(tmp_path / "lone.pem", pki.cert_pem(leaf))  # a certificate, no key
+    assert certificate_not_after(str(lone)) == leaf.not_valid_after_utc
+    assert certificate_not_after(str(tmp_path / "absent.pem")) is None
+
+
+def test_certificate_messages_name_the_key_never_the_path(tmp_path: Path,
+                                                          key: rsa.RSAPrivateKey) -> None:
+    where = tmp_path / "sk_live_Qp4Vn8Rz2Lk6"
+    for blocks in ([], [pki.cert_pem(pki.certificate(key))],
+                   [pki.key_pem(key), pki.cert_pem(pki.certificate(pki.rsa_key()))]):
+        if blocks:
+            pki.write(where, *blocks)
+        problems, warnings = certificate_problems("certified", str(where))
+        assert problems and all(p.startswith("clients.certified.certificate_file: ")
+                                for p in problems)
+        assert "Qp4Vn8Rz2Lk6" not in " ".join(problems + warnings)
+    pki.write(where, pki.key_pem(key)).chmod(0o644)
+    problems, warnings = certificate_problems("certified", str(where))
+    assert warnings and "Qp4Vn8Rz2Lk6" not in " ".join(problems + warnings)

@@ -163,3 +163,54 @@ def test_the_server_speaks_no_plaintext(server: TlsRedis) -> None:
         except (ConnectionResetError, TimeoutError):
             reply = b""
     assert b"PONG" not in reply
+
+
+# -- a URL cannot weaken TLS (issue 10, item 3) ------------------------------------------
+
+@pytest.mark.parametrize("query", [
+    "ssl_cert_reqs=none", "ssl_cert_reqs=none&ssl_check_hostname=false",
+    "ssl_cert_reqs=optional", "ssl_ca_certs={ca}", "ssl_ca_certs={ca}&ssl_cert_reqs=none",
+])
+def test_a_url_query_cannot_switch_verification_off(certs: Pki, server: TlsRedis,
+                                                     query: str) -> None:
+    # redis-py's from_url lets the query win over keyword arguments; ours must win
+    url = f"{server.url}?{query.format(ca=certs.ca)}"
+    client = connect_redis(url, tls_ca_file=str(certs.other_ca),
+                           tls_cert_file=str(certs.client_cert),
+                           tls_key_file=str(certs.client_key))
+    with pytest.raises(redis.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        client.ping()
+    client.close()
+
+
+def test_a_url_query_cannot_switch_the_name_check_off(certs: Pki) -> None:
+    srv = TlsRedis(certs, certs.nameless_cert, certs.nameless_key).start()
+    try:
+        client = connect_redis(f"{srv.url}?ssl_check_hostname=false", tls_ca_file=str(certs.ca),
+                               tls_cert_file=str(certs.client_cert),
+                               tls_key_file=str(certs.client_key))
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+    finally:
+        srv.stop()
+
+
+def test_our_tls_settings_still_work_with_other_query_parameters(certs: Pki,
+                                                                 server: TlsRedis) -> None:
+    client = connect_redis(f"{server.url}?socket_timeout=0.000001&client_name=tw",
+                           tls_ca_file=str(certs.ca), tls_cert_file=str(certs.client_cert),
+                           tls_key_file=str(certs.client_key), socket_timeout=5)
+    assert client.ping()  # the query's absurd timeout lost to ours too
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == 5
+    client.close()
+
+
+def test_config_check_refuses_a_tls_weakening_url(tmp_path: Path, server: TlsRedis,
+                                                  certs: Pki, emulator: Emulator,
+                                                  secret_env: str) -> None:
+    path = tls_config(tmp_path, f"{server.url}?ssl_cert_reqs=none", emulator, certs)
+    result = CliRunner().invoke(cli, ["--config", str(path), "config", "check"])
+    assert result.exit_code == 2
+    assert "redis.url: must not carry ssl_* query parameters" in result.stderr
+    reader = CliRunner().invoke(cli, ["--config", str(path), "status"])
+    assert reader.exit_code == 2 and "Traceback" not in reader.output

@@ -15,7 +15,6 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -28,6 +27,17 @@ from pydantic import (
     field_validator,
 )
 
+from .checks import (
+    KNOWN_SCOPES,
+    broker_url_problem,
+    config_warnings,
+    credential_problems,
+    key_text,
+    raw_problems,
+    redact_url,
+    redis_url_problem,
+    token_url_problem,
+)
 from .exceptions import ConfigError
 
 __all__ = [
@@ -51,35 +61,26 @@ DEFAULT_PATH = "token_worker.toml"
 ENV_CONFIG = "TOKEN_WORKER_CONFIG"
 ENV_REDIS_URL = "TOKEN_WORKER_REDIS_URL"
 ENV_BROKER_URL = "TOKEN_WORKER_BROKER_URL"
-KNOWN_SCOPES = (
-    "client_paymentrequest",
-    "client_bankaccountverification",
-    "client_imageupload",
-    "client_businesslookup",
-    "client_paymentauthorizationrequest",
-    "client_refund",
-    "client_disbursement",
-    "client_recurringpaymentconsentrequest",
-    "client_consentrequest",
-)
-# profile names end up in Redis keys and Celery arguments
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+MAX_MARGIN = 604800.0  # the longest token lifetime Stitch may grant (7 days)
 
 
-_QUERY_PASSWORD = re.compile(r"(?<![^&])(password|passwd|pass)=[^&]*", re.IGNORECASE)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+def _bounded(default: float | None, *, gt: float | None = None, ge: float | None = None,
+             le: float) -> Any:
+    """A float setting: finite, within bounds, and a number (not a bool or a string)."""
+    return Field(default=default, allow_inf_nan=False, strict=True, gt=gt, ge=ge, le=le)
 
 
 def _reference(value: str | None, info: ValidationInfo) -> str | None:
     """A ``*_env`` / ``*_file`` value must name a credential, never be one.
 
-    Messages quote these values ("cannot read PATH", "variable NAME is not set"), so a
-    secret or PEM pasted in their place would reach stderr and logs: refuse it unquoted.
+    No message quotes these values; refusing what cannot be a name or a path still tells
+    the operator early that a credential was pasted in the wrong place.
     """
     if not value:
         return value
     if (info.field_name or "").endswith("_env"):
-        if not _ENV_NAME.match(value):
+        if not _ENV_NAME.fullmatch(value):
             raise ValueError("must be the name of an environment variable (letters, digits, "
                              "_), not the credential itself (value not shown)")
     elif "\n" in value or "-----BEGIN" in value:
@@ -87,23 +88,28 @@ def _reference(value: str | None, info: ValidationInfo) -> str | None:
     return value
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to print."""
-    parts = urlsplit(url)
-    # redis-py and kombu also take the password as a query argument
-    query = _QUERY_PASSWORD.sub(r"\1=***", parts.query)
-    netloc = parts.netloc
-    if parts.password is not None:
-        # split by hand: keeps IPv6 brackets, and a bad port cannot raise inside a repr
-        userinfo, _, hostport = netloc.rpartition("@")
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+def _check(problem: str | None) -> None:
+    if problem:
+        raise ValueError(problem)
+
+
+# where a pasted credential would sit: never shown, even in a repr
+_REFERENCES = frozenset({"client_secret_env", "client_secret_file", "certificate_file",
+                         "tls_ca_file", "tls_cert_file", "tls_key_file",
+                         "encryption_keys_env", "encryption_keys_file"})
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():
+            if value and key in _REFERENCES:
+                yield key, "(set)"
+            elif value and key in ("url", "broker_url"):
+                yield key, redact_url(value)
+            else:
+                yield key, value
 
 
 class RedisSettings(_Section):
@@ -113,13 +119,19 @@ class RedisSettings(_Section):
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
-    socket_timeout_seconds: float = Field(default=5.0, gt=0)
+    socket_timeout_seconds: float = _bounded(5.0, gt=0, le=300)
     # encryption at rest: "kid:base64key[,kid:base64key...]", first one encrypts
     encryption_keys_env: str | None = None
     encryption_keys_file: str | None = None
 
     refuse_pasted_credentials = field_validator(
         "tls_key_file", "encryption_keys_env", "encryption_keys_file")(_reference)
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, url: str) -> str:
+        _check(redis_url_problem(url))
+        return url
 
     def read_encryption_keys(self) -> str | None:
         """The key list, read now (so a rotated file is picked up), or None if not set.
@@ -130,35 +142,40 @@ class RedisSettings(_Section):
         if self.encryption_keys_env:
             value = os.environ.get(self.encryption_keys_env, "").strip()
             if not value:
-                raise ConfigError([f"redis.encryption_keys_env: environment variable "
-                                   f"{self.encryption_keys_env} is not set or empty"])
+                raise ConfigError(["redis.encryption_keys_env: the environment variable it "
+                                   "names is not set or empty"])
             return value
         if self.encryption_keys_file:
             try:
                 return Path(self.encryption_keys_file).read_text().strip()
             except OSError as exc:
-                raise ConfigError([f"redis.encryption_keys_file: cannot read "
-                                   f"{self.encryption_keys_file} ({exc.strerror})"]) from None
+                raise ConfigError([f"redis.encryption_keys_file: file cannot be read "
+                                   f"({exc.strerror or type(exc).__name__})"]) from None
         return None
-
-    def __repr_args__(self) -> Any:
-        for key, value in super().__repr_args__():
-            yield key, redact_url(value) if key == "url" else value
 
 
 class CelerySettings(_Section):
     broker_url: str | None = None  # default: redis.url
     queue: str = Field(default="tokens", min_length=1)
 
-    def __repr_args__(self) -> Any:
-        for key, value in super().__repr_args__():
-            yield key, redact_url(value) if key == "broker_url" and value else value
+    @field_validator("broker_url")
+    @classmethod
+    def _usable_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            _check(broker_url_problem(url))
+        return url
 
 
 class StitchSettings(_Section):
     token_url: str = DEFAULT_TOKEN_URL
     audience: str | None = None  # default: token_url
-    timeout_seconds: float = Field(default=10.0, gt=0)
+    timeout_seconds: float = _bounded(10.0, gt=0, le=300)
+
+    @field_validator("token_url")
+    @classmethod
+    def _https(cls, url: str) -> str:
+        _check(token_url_problem(url))
+        return url
 
     @property
     def effective_audience(self) -> str:
@@ -166,10 +183,10 @@ class StitchSettings(_Section):
 
 
 class RefreshSettings(_Section):
-    margin_seconds: float = Field(default=600.0, ge=0)
-    interval_seconds: float = Field(default=30.0, gt=0)
+    margin_seconds: float = _bounded(600.0, ge=0, le=MAX_MARGIN)
+    interval_seconds: float = _bounded(30.0, ge=0.1, le=3600)
     # retries of retryable errors within one attempt (so one attempt = retries + 1 calls)
-    retries: int = Field(default=2, ge=0, le=10)
+    retries: int = Field(default=2, ge=0, le=10, strict=True)
 
     def lock_ttl_seconds(self, timeout_seconds: float) -> float:
         """The lock outlives one whole attempt: every call timing out plus backoff."""
@@ -179,7 +196,7 @@ class RefreshSettings(_Section):
 
 class MetricsSettings(_Section):
     # the worker's own /metrics endpoint (needs the metrics extra); 0 disables it
-    port: int = Field(default=0, ge=0, le=65535)
+    port: int = Field(default=0, ge=0, le=65535, strict=True)
     host: str = "127.0.0.1"
 
 
@@ -207,22 +224,17 @@ class ClientSettings(_Section):
         if self.client_secret_env:
             value = os.environ.get(self.client_secret_env, "").strip()
             if not value:
-                raise ConfigError(
-                    [f"{where}.client_secret_env: environment variable "
-                     f"{self.client_secret_env} is not set or empty"]
-                )
+                raise ConfigError([f"{where}.client_secret_env: the environment variable it "
+                                   f"names is not set or empty"])
             return SecretStr(value)
         if self.client_secret_file:
             try:
                 value = Path(self.client_secret_file).read_text().strip()
             except OSError as exc:
-                raise ConfigError(
-                    [f"{where}.client_secret_file: cannot read {self.client_secret_file} "
-                     f"({exc.strerror or type(exc).__name__})"]
-                ) from None
+                raise ConfigError([f"{where}.client_secret_file: file cannot be read "
+                                   f"({exc.strerror or type(exc).__name__})"]) from None
             if not value:
-                raise ConfigError(
-                    [f"{where}.client_secret_file: {self.client_secret_file} is empty"])
+                raise ConfigError([f"{where}.client_secret_file: file is empty"])
             return SecretStr(value)
         raise ConfigError([f"{where}: has no client secret (it uses certificate_file)"])
 
@@ -230,7 +242,7 @@ class ClientSettings(_Section):
 class ProfileSettings(_Section):
     client: str | None = None
     scopes: list[str] = Field(min_length=1)
-    margin_seconds: float | None = Field(default=None, ge=0)
+    margin_seconds: float | None = _bounded(None, ge=0, le=MAX_MARGIN)
 
 
 class Config(_Section):
@@ -278,64 +290,18 @@ def _message(err: Any) -> str:
         return "required"
     if kind == "too_short":
         return "must not be empty"
-    msg = str(err["msg"])
-    return msg.removeprefix("Value error, ")
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    given = err.get("input")
+    if kind != "value_error" and isinstance(given, str) and len(given) > 3 and given in msg:
+        return "invalid value (not shown)"  # pydantic quotes some inputs: never ours
+    return msg
 
 
 def _structure_problems(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        loc = ".".join(key_text(part) for part in err["loc"]) or "(top level)"
         problems.append(f"{loc}: {_message(err)}")
-    return problems
-
-
-def _semantic_problems(data: dict[str, Any]) -> list[str]:
-    """Cross-key rules, checked on the raw data so they are reported with the rest."""
-    problems: list[str] = []
-    redis_section = data.get("redis")
-    if isinstance(redis_section, dict) and redis_section.get("encryption_keys_env") \
-            and redis_section.get("encryption_keys_file"):
-        problems.append("redis: set at most one of encryption_keys_env, encryption_keys_file")
-    clients = data.get("clients") or {}
-    profiles = data.get("profiles") or {}
-    if not isinstance(clients, dict) or not isinstance(profiles, dict):
-        return problems
-    for name, client in clients.items():
-        if not _NAME.match(str(name)):
-            problems.append(f"clients.{name}: name must match {_NAME.pattern}")
-        if isinstance(client, dict):
-            given = [k for k in ("client_secret_env", "client_secret_file", "certificate_file")
-                     if client.get(k)]
-            if len(given) != 1:
-                problems.append(
-                    f"clients.{name}: set exactly one of client_secret_env, client_secret_file, "
-                    f"certificate_file (found {len(given) or 'none'})"
-                )
-    if not clients:
-        problems.append("clients: at least one client is required")
-    if not profiles:
-        problems.append("profiles: at least one profile is required")
-    for name, profile in profiles.items():
-        if not _NAME.match(str(name)):
-            problems.append(f"profiles.{name}: name must match {_NAME.pattern}")
-        if not isinstance(profile, dict):
-            continue
-        scopes = profile.get("scopes")
-        if isinstance(scopes, list):
-            for scope in scopes:
-                if not isinstance(scope, str) or not scope or any(c.isspace() for c in scope):
-                    problems.append(f"profiles.{name}.scopes: {scope!r} is not a scope name")
-            if len(set(map(str, scopes))) != len(scopes):
-                problems.append(f"profiles.{name}.scopes: lists a scope twice")
-        client = profile.get("client")
-        if client is None:
-            if len(clients) > 1:  # none at all is reported once, under clients
-                problems.append(
-                    f"profiles.{name}.client: required when {len(clients)} clients are configured"
-                )
-        elif client not in clients:
-            problems.append(f"profiles.{name}.client: no client named {client!r} in [clients]")
     return problems
 
 
@@ -346,16 +312,21 @@ def parse_config(data: dict[str, Any], *, path: str = "") -> Config:
         ConfigError: listing every problem found, one per line.
     """
     data = dict(data)
+    overridden = {}
     for env, section, key in ((ENV_REDIS_URL, "redis", "url"),
                               (ENV_BROKER_URL, "celery", "broker_url")):
         if os.environ.get(env):
             sect = data.get(section)
             data[section] = {**(sect if isinstance(sect, dict) else {}), key: os.environ[env]}
-    problems = _semantic_problems(data)
+            overridden[f"{section}.{key}:"] = f"{section}.{key} (from ${env}):"
+    problems = raw_problems(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         problems = _structure_problems(exc) + problems
+        for plain, named in overridden.items():  # say where the value really came from
+            problems = [named + p.removeprefix(plain) if p.startswith(plain) else p
+                        for p in problems]
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
@@ -384,54 +355,3 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{resolved}: not valid TOML ({exc})"]) from None
     return parse_config(data, path=str(resolved))
-
-
-def credential_problems(config: Config) -> list[str]:
-    """Read every client's credentials once; one line per client that fails."""
-    from .credentials import certificate_problems  # cryptography only where needed
-
-    problems: list[str] = []
-    for name, client in config.clients.items():
-        if client.certificate_file:
-            problems.extend(certificate_problems(name, client.certificate_file)[0])
-            continue
-        try:
-            client.read_secret()
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    if config.redis.encryption_keys_env or config.redis.encryption_keys_file:
-        from .crypto import codec_for
-
-        try:
-            codec_for(config)  # parses every key: problems name the entry, never the key
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    return problems
-
-
-def config_warnings(config: Config) -> list[str]:
-    """Things that are allowed but probably wrong (unknown scopes, expiring certificates)."""
-    from .credentials import certificate_problems
-
-    warnings = []
-    for name, profile in config.profiles.items():
-        for scope in profile.scopes:
-            if scope not in KNOWN_SCOPES:
-                warnings.append(f"profiles.{name}.scopes: unknown scope {scope!r} "
-                                f"(allowed: Stitch adds scopes over time)")
-        margin = config.margin_for(name)
-        if margin < config.refresh.interval_seconds:
-            warnings.append(
-                f"profiles.{name}: margin {margin:g}s is shorter than refresh.interval_seconds "
-                f"{config.refresh.interval_seconds:g}s; a token may expire between checks"
-            )
-    for name, client in config.clients.items():
-        if client.certificate_file:
-            warnings.extend(certificate_problems(name, client.certificate_file)[1])
-    if config.metrics.port:
-        try:
-            import prometheus_client  # noqa: F401
-        except ImportError:
-            warnings.append("metrics.port: prometheus-client is not installed, so the worker "
-                            "will run without /metrics (pip install 'token_worker[metrics]')")
-    return warnings

@@ -66,7 +66,8 @@ def load_certificate(path: str, where: str = "certificate_file") -> Certificate:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError([f"{where}: cannot read {path} ({exc.strerror})"]) from None
+        raise ConfigError([f"{where}: file cannot be read "
+                           f"({exc.strerror or type(exc).__name__})"]) from None
     key = None
     start = data.find(b"-----BEGIN")
     while start != -1:
@@ -79,11 +80,11 @@ def load_certificate(path: str, where: str = "certificate_file") -> Certificate:
             try:
                 key = serialization.load_pem_private_key(block, password=None)
             except (ValueError, TypeError):
-                raise ConfigError([f"{where}: {path} holds a private key that cannot be "
+                raise ConfigError([f"{where}: the file holds a private key that cannot be "
                                    f"loaded (encrypted or corrupt)"]) from None
         start = data.find(b"-----BEGIN", end)
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise ConfigError([f"{where}: {path} holds no RSA private key"])
+        raise ConfigError([f"{where}: the file holds no RSA private key"])
     not_after: dt.datetime | None = None
     kid: str | None = None
     try:
@@ -91,11 +92,9 @@ def load_certificate(path: str, where: str = "certificate_file") -> Certificate:
     except ValueError:
         certs = []
     if certs:
-        # the leaf is the certificate of our key, wherever the chain puts it
-        mine = key.public_key()
-        leaf = next((c for c in certs if c.public_key() == mine), None)
+        leaf = _leaf(certs, key)
         if leaf is None:
-            raise ConfigError([f"{where}: no certificate in {path} matches its private key"])
+            raise ConfigError([f"{where}: no certificate in the file matches its private key"])
         not_after = leaf.not_valid_after_utc
         # the SHA-1 thumbprint (x5t) is how Stitch and most servers name a certificate;
         # SHA-1 is the definition of x5t here, not a security decision
@@ -105,18 +104,31 @@ def load_certificate(path: str, where: str = "certificate_file") -> Certificate:
     return Certificate(private_key=key, not_after=not_after, kid=kid)
 
 
-def certificate_not_after(path: str) -> dt.datetime | None:
-    """The expiry of the first certificate in ``path``; None when it cannot be read here.
+def _leaf(certs: list[Any], key: Any) -> Any:
+    """The certificate of ``key``, wherever the chain puts it (a CA may come first)."""
+    mine = key.public_key()
+    return next((c for c in certs if c.public_key() == mine), None)
 
-    Parses the certificate only (never the private key), so ``status`` can show it,
-    and degrades to None on hosts without the file or the crypto extra.
+
+def certificate_not_after(path: str) -> dt.datetime | None:
+    """The expiry of the certificate of the file's private key; None when unknown here.
+
+    Degrades to None on hosts without the file or the crypto extra, and when no
+    certificate in the file matches its key (a CA's expiry would mislead). A file with
+    one certificate and no key reports that certificate.
     """
     try:
+        return load_certificate(path).not_after
+    except ConfigError:
+        pass
+    try:  # no key in the file: a lone certificate is still unambiguous
         from cryptography import x509
 
-        return x509.load_pem_x509_certificate(Path(path).read_bytes()).not_valid_after_utc
+        data = Path(path).read_bytes()
+        certs = [] if b"PRIVATE KEY" in data else x509.load_pem_x509_certificates(data)
     except (ImportError, OSError, ValueError):
         return None
+    return certs[0].not_valid_after_utc if len(certs) == 1 else None
 
 
 def permission_warning(path: str, where: str) -> str | None:
@@ -126,7 +138,7 @@ def permission_warning(path: str, where: str) -> str | None:
     except OSError:
         return None  # unreadable files are reported as problems elsewhere
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return (f"{where}: {path} is accessible by group or others "
+        return (f"{where}: the file is accessible by group or others "
                 f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
     return None
 
@@ -140,7 +152,7 @@ def certificate_problems(name: str, path: str) -> tuple[list[str], list[str]]:
         return exc.problems, []
     warnings = [w for w in [permission_warning(path, where)] if w]
     if cert.not_after is None:
-        return [], [f"{where}: {path} has no certificate; expiry cannot be checked", *warnings]
+        return [], [f"{where}: the file has no certificate; expiry cannot be checked", *warnings]
     left = cert.not_after - dt.datetime.now(dt.UTC)
     if left.total_seconds() <= 0:
         return [f"{where}: certificate expired on {cert.not_after:%Y-%m-%d %H:%M} UTC"], warnings

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["AesGcmCodec", "codec_for", "generate_key", "parse_keys"]
 
 _PREFIX = "enc:v1:"
-_KID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_KID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
 def generate_key(kid: str) -> str:
@@ -43,11 +43,11 @@ def parse_keys(spec: str, where: str = "redis.encryption_keys") -> list[tuple[st
             key = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
             key = b""
-        if not _KID.match(kid) or len(key) != 32:
+        if not _KID.fullmatch(kid) or len(key) != 32:
             raise ConfigError([f"{where}: entry {i + 1} is not 'kid:base64 of 32 bytes'"])
         if any(kid == seen for seen, _ in keys):
             # two keys under one id: which one decrypts would be a guess
-            raise ConfigError([f"{where}: entry {i + 1} repeats key id {kid!r}"])
+            raise ConfigError([f"{where}: entry {i + 1} repeats the key id of an earlier entry"])
         keys.append((kid, key))
     if not keys:
         raise ConfigError([f"{where}: no keys listed"])
