@@ -151,9 +151,17 @@ def test_reader_works_with_its_user(tmp_path: Path, server: AclRedis, admin: red
         # wait: woken by the refresher's publish on the events channel
         threading.Timer(0.3, refresh_as_refresher, (refresher_path, "refunds")).start()
         assert reader.get("refunds", wait=10).access_token == emulator.issued_tokens[-1]
+        # the hot path ran the refresher-loaded function, not the MULTI fallback
+        assert reader.store._fcall_after == 0.0
         assert reader.report_rejected("payments", token) is True
         assert reader.report_rejected("payments", token) is False  # once per token
-        assert admin.zscore("stitch:schedule", "payments") == 0
+        # the report wrote only its marker; beat's due check sees it all the same
+        assert admin.zscore("stitch:schedule", "payments") > time.time()
+        refresher = Refresher.from_config(load_config(refresher_path))
+        try:
+            assert refresher.due_profiles() == ["payments"]
+        finally:
+            refresher.close()
     finally:
         reader.close()
     runner = CliRunner()
@@ -180,6 +188,17 @@ def test_reader_works_with_its_user(tmp_path: Path, server: AclRedis, admin: red
     ("PUBLISH", "other-channel", "x"),
     ("EVAL", "return 1", "0"),
     ("EVALSHA", "0" * 40, "1", "stitch:token:payments"),  # scripts cannot widen its keys
+    ("EVALSHA_RO", "0" * 40, "1", "stitch:token:payments"),
+    ("SCRIPT", "LOAD", "while true do end"),  # could block Redis for everyone
+    ("FUNCTION", "LOAD", "#!lua name=x\nredis.register_function('x', function() end)"),
+    ("FCALL", "token_worker_read_1", "1", "stitch:token:payments"),
+    # the schedule is the refresher side's alone: a SET there used to stop every refresh
+    ("SET", "stitch:schedule", "x"),
+    ("ZADD", "stitch:schedule", "0", "payments"),
+    ("ZADD", "stitch:schedule", "1e18", "payments"),
+    ("DEL", "stitch:schedule"),
+    ("DEL", "stitch:lock:payments"),
+    ("HSET", "stitch:profiles", "payments", "{}"),
     ("ACL", "LIST"),
 ])
 def test_reader_is_refused(server: AclRedis, admin: redis.Redis,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from token_worker import TokenReader
+from token_worker import TokenReader, TokenUnavailable
 from token_worker.config import Config, load_config
 from token_worker.emulator import Emulator
 from token_worker.listener import Listener
@@ -104,3 +104,44 @@ def test_store_back_empty_gets_every_profile_republished_without_beat(
         refresher.close()
     finally:
         server.kill()
+
+
+def test_listener_survives_an_unexpected_error_and_keeps_refreshing(
+        config: Config, refresher: Refresher, emulator: Emulator, redis_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    listener = start(config)
+    try:
+        refresher.refresh_profile("payments")
+        boom = {"left": 1}
+        original = listener._handle
+
+        def handle_once_badly(data: str) -> None:
+            if boom["left"]:
+                boom["left"] = 0
+                raise ValueError("a bug, not a Redis error")  # used to end the thread
+            original(data)
+
+        monkeypatch.setattr(listener, "_handle", handle_once_badly)
+        reader = TokenReader(redis_url, cache=False)
+
+        def current() -> str | None:
+            try:
+                return reader.get("payments").fingerprint
+            except TokenUnavailable:
+                return None
+
+        try:
+            token = reader.get("payments")
+            reader.report_rejected("payments", token)  # this report hits the bug...
+            # ...and the catch-up after resubscribing refreshes it all the same
+            assert wait_until(lambda: current() not in (None, token.fingerprint), 5)
+            assert listener.is_alive()
+            second = reader.get("payments")
+            refresher.store.redis.hset("stitch:status:payments", "rejected_refresh_at", "0")
+            reader.report_rejected("payments", second)
+            assert wait_until(lambda: current() not in (None, second.fingerprint), 5)
+        finally:
+            reader.close()
+    finally:
+        listener.stop(5)
+        listener.refresher.close()

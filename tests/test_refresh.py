@@ -13,22 +13,20 @@ from pathlib import Path
 import pytest
 import redis
 
+from token_worker.backoff import (
+    BACKOFF_MAX_SECONDS,
+    BACKOFF_MAX_WITHOUT_TOKEN,
+    next_attempt_delay,
+)
 from token_worker.config import Config, load_config
 from token_worker.emulator import Emulator
 from token_worker.exceptions import ConfigError
 from token_worker.reader import TokenReader
-from token_worker.refresh import (
-    BACKOFF_MAX_SECONDS,
-    BACKOFF_MAX_WITHOUT_TOKEN,
-    Outcome,
-    Refresher,
-    RefreshResult,
-    next_attempt_delay,
-)
+from token_worker.refresh import Outcome, Refresher, RefreshResult
 from token_worker.store import TokenStore
 from token_worker.tokens import Token
 
-from .support import REPO, env_with, free_port, python, write_config
+from .support import REPO, env_with, free_port, python, wait_until, write_config
 
 
 def stored(rds: redis.Redis, profile: str = "payments") -> dict | None:
@@ -301,15 +299,63 @@ def test_lock_is_released_after_a_refresh(refresher: Refresher, rds: redis.Redis
     assert rds.exists("stitch:lock:payments") == 0
 
 
-def test_slow_refresher_cannot_replace_a_longer_lived_token(refresher: Refresher,
+def test_forced_replacement_wins_even_when_it_expires_sooner(refresher: Refresher,
                                                             emulator: Emulator) -> None:
+    # item 6 of the trust review: the never-shorter rule threw this token away and kept
+    # serving the one the operator wanted gone, spending a call every tick
     refresher.refresh_profile("payments")  # expires in 3600s
-    longer = refresher.store.get_token("payments")
+    old = refresher.store.get_token("payments")
     emulator.set_expires_in(60)
     result = refresher.refresh_profile("payments", force=True)
-    assert result.outcome is Outcome.DONE_ELSEWHERE
+    assert result.outcome is Outcome.REFRESHED
+    got = refresher.store.get_token("payments")
+    assert got is not None and got.fingerprint != old.fingerprint  # type: ignore[union-attr]
+    assert got.access_token == emulator.issued_tokens[-1] and got.expires_in <= 60
+    assert refresher.refresh_profile("payments").outcome is Outcome.NOT_DUE
     assert emulator.calls == 2
-    assert refresher.store.get_token("payments") == longer
+
+
+def test_slow_refresher_cannot_replace_a_newer_token(config: Config, emulator: Emulator,
+                                                     rds: redis.Redis) -> None:
+    # A's lock lapses during a slow call (it was paused); B refreshes meanwhile. A's late
+    # answer, issued before B's, is fenced out and B's token stays
+    emulator.set_faults([{"mode": "latency", "seconds": 1.5, "count": 1}])
+    a, b = Refresher.from_config(config), Refresher.from_config(config)
+    try:
+        results: list[RefreshResult] = []
+        slow = threading.Thread(target=lambda: results.append(a.refresh_profile("payments")))
+        slow.start()
+        assert wait_until(lambda: rds.exists("stitch:lock:payments"), 2)
+        time.sleep(0.2)
+        rds.delete("stitch:lock:payments")  # as if A's lock had expired
+        assert b.refresh_profile("payments").outcome is Outcome.REFRESHED
+        b_token = b.store.get_token("payments")
+        slow.join(5)
+        assert results[0].outcome is Outcome.DONE_ELSEWHERE
+        assert a.store.get_token("payments") == b_token
+    finally:
+        a.close()
+        b.close()
+
+
+def test_server_that_returns_its_cached_token_is_backed_off(refresher: Refresher,
+                                                            emulator: Emulator,
+                                                            rds: redis.Redis) -> None:
+    # some OAuth servers answer a new request with the token they already issued
+    emulator.set_expires_in(100)
+    refresher.refresh_profile("payments")
+    first = refresher.store.get_token("payments")
+    emulator.set_faults([{"mode": "same_token", "count": 5}])
+    rds.zadd("stitch:schedule", {"payments": 0})
+    result = refresher.refresh_profile("payments", force=True)
+    assert result.outcome is Outcome.FAILED and result.error_code == "token_unchanged"
+    record = status(rds)
+    assert record["last_error_code"] == "token_unchanged"
+    assert "no newer token" in record["last_error"]
+    next_at = float(record["next_attempt_at"])
+    assert next_at > refresher.store.time() + 0.5  # backed off, not every tick
+    assert "payments" not in refresher.due_profiles()
+    assert refresher.store.get_token("payments") == first  # still served
 
 
 # -- failures ---------------------------------------------------------------------------
@@ -452,7 +498,7 @@ def test_missing_secret_fails_without_a_call(refresher: Refresher, emulator: Emu
     monkeypatch.delenv("STITCH_CLIENT_SECRET")
     result = refresher.refresh_profile("payments")
     assert result.outcome is Outcome.FAILED and result.error_code == "config_error"
-    assert "STITCH_CLIENT_SECRET" in status(rds)["last_error"]
+    assert "clients.main.client_secret_env" in status(rds)["last_error"]
     assert emulator.calls == 0
 
 
@@ -529,3 +575,29 @@ def test_retry_after_is_a_floor_up_to_the_cap() -> None:
     assert next_attempt_delay(1, True, 3600, 1, retry_after=7, rng=random.Random(1)) >= 7
     assert next_attempt_delay(1, True, 3600, 1, retry_after=10_000,
                               rng=random.Random(1)) == BACKOFF_MAX_SECONDS
+
+
+def test_lock_is_kept_while_its_holder_works(refresher: Refresher, rds: redis.Redis) -> None:
+    from token_worker.refresh import _LockKeeper
+
+    owner = refresher.store.acquire_lock("payments", 0.6)
+    assert owner is not None
+    keeper = _LockKeeper(refresher.store, "payments", owner, 0.6)
+    try:
+        time.sleep(1.5)  # well past the TTL it was taken with
+        assert rds.get("stitch:lock:payments") == owner
+    finally:
+        keeper.stop()
+    time.sleep(0.8)
+    assert rds.exists("stitch:lock:payments") == 0  # stopped: it lapses as before
+
+
+def test_forced_wait_on_a_lock_without_expiry_does_not_spin(refresher: Refresher,
+                                                            rds: redis.Redis) -> None:
+    rds.set("stitch:lock:payments", "set-by-hand")  # PTTL -1
+    rds.config_resetstat()
+    result = refresher.refresh_profile("payments", force=True, wait_seconds=1.5)
+    assert result.outcome is Outcome.FAILED and result.error_code == "lock_busy"
+    commands = sum(v["calls"] for k, v in rds.info("commandstats").items())
+    assert commands < 60, commands  # a spin issues thousands of PTTLs in 1.5 s
+    assert rds.pttl("stitch:lock:payments") > 0  # and the lock can now expire

@@ -20,15 +20,10 @@ import redis
 from freezegun import freeze_time
 
 from token_worker import TokenReader, TokenUnavailable
+from token_worker.backoff import BACKOFF_MAX_WITHOUT_TOKEN, RETRY_SLEEP_CAP, next_attempt_delay
 from token_worker.config import load_config
 from token_worker.emulator import Emulator
-from token_worker.refresh import (
-    BACKOFF_MAX_WITHOUT_TOKEN,
-    RETRY_SLEEP_CAP,
-    Outcome,
-    Refresher,
-    next_attempt_delay,
-)
+from token_worker.refresh import Outcome, Refresher
 from token_worker.store import TokenStore
 from token_worker.tokens import Token
 

@@ -39,7 +39,11 @@ class Keys:
 
     def rejected(self, profile: str, token_fingerprint: str) -> str:
         """Marker that one token was reported rejected (401): dedups the refresh it causes."""
-        return f"{self.prefix}:rejected:{profile}:{token_fingerprint}"
+        return f"{self.rejected_prefix()}{profile}:{token_fingerprint}"
+
+    def rejected_prefix(self) -> str:
+        """What every rejected marker starts with (the due script builds their names)."""
+        return f"{self.prefix}:rejected:"
 
     def events(self) -> str:
         """Pub/sub channel: ``profile fingerprint`` on every publish or purge."""

@@ -4,17 +4,18 @@ A thread in the main process of every worker that consumes the token queue,
 subscribed to the events channel. It refreshes, without waiting for beat:
 
 - a profile whose token the API refused: :meth:`token_worker.TokenReader.report_rejected`
-  marks a token once (``SET NX``), makes its profile due and publishes
-  ``"<profile> rejected:<fp>"``. Every listener in the fleet hears it; the
-  fleet-wide lock and the re-check of the rejected marker under it leave one
-  endpoint call per rejected token.
+  marks a token once (``SET NX``) and publishes ``"<profile> rejected:<fp>"``; it
+  writes nothing else (readers cannot touch the schedule). Every listener in the
+  fleet hears it; the fleet-wide lock and the re-check of the rejected marker under
+  it leave one endpoint call per rejected token. Beat's due check sees the marker
+  too, so a report no listener heard is refreshed at the next tick.
 - every due profile once the store answers again after being unreachable: a Redis
   that restarted empty has lost every token, and the worker's broker connection
   (when the broker is that same Redis) reconnects on Celery's slower backoff.
 
 Both go through :meth:`token_worker.refresh.Refresher.refresh_profile`, unforced.
-Nothing depends on the listener: a report missed while it reconnected is still in
-the schedule, so beat picks it up at its next tick.
+Nothing depends on the listener: a report missed while it reconnected is still
+marked, so beat picks it up at its next tick.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ class Listener(threading.Thread):
             except (redis.RedisError, OSError) as exc:
                 if not down:  # once per outage, not once per reconnect attempt
                     log.warning("listener: token store unreachable, retrying: %s", exc)
+                down = True
+            except Exception:
+                # a bug or an odd message must not end prompt refreshes for this worker's
+                # lifetime: log it, resubscribe, and catch up on what may have been missed
+                log.exception("listener: unexpected error; resubscribing")
                 down = True
             finally:
                 self.subscribed.clear()

@@ -11,98 +11,24 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from enum import StrEnum
-from typing import Any
 
 import redis
 
 from . import metrics
+from .backoff import RETRY_SLEEP_CAP, next_attempt_delay
 from .client import IssuedToken, TokenClient
 from .config import Config
 from .exceptions import ConfigError, StoreError, TokenRequestError
-from .store import TokenStore, connect_redis
+from .outcomes import Outcome, RefreshResult, log_fields
+from .store import REJECTED_COOLDOWN_SECONDS, TokenStore, connect_redis
 from .tokens import Token, TokenState, schedule_refresh, token_state
 
 __all__ = ["Outcome", "RefreshResult", "Refresher", "next_attempt_delay"]
 
 log = logging.getLogger("token_worker.refresh")
-
-# first across-tick backoff after a failure; doubles with each failure after that
-BACKOFF_BASE_SECONDS = 2.0
-# no profile waits longer than this between attempts, whatever happened
-BACKOFF_MAX_SECONDS = 300.0
-# with no usable token every task is failing: keep trying at least this often
-BACKOFF_MAX_WITHOUT_TOKEN = 60.0
-# how many attempts, at least, still fit before the current token expires
-ATTEMPTS_BEFORE_EXPIRY = 4
-# within one attempt: jittered backoff between retries, never longer than this
-RETRY_SLEEP_CAP = 2.0
-
-
-def _log_fields(profile: str, outcome: str, duration: float, fingerprint: str | None = None,
-                error_code: str | None = None) -> dict[str, Any]:
-    """The per-attempt fields ``--log-format json`` carries (never a token or secret)."""
-    return {"profile": profile, "outcome": outcome, "duration": round(duration, 3),
-            "fingerprint": fingerprint, "error_code": error_code}
-
-
-class Outcome(StrEnum):
-    REFRESHED = "refreshed"
-    NOT_DUE = "not_due"
-    DONE_ELSEWHERE = "done_elsewhere"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshResult:
-    """What one refresh did; holds no token, only its fingerprint."""
-
-    profile: str
-    outcome: Outcome
-    fingerprint: str | None = None
-    expires_at: float | None = None
-    issued_at: float | None = None
-    error: str | None = None
-    error_code: str | None = None
-    calls: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["outcome"] = str(self.outcome)
-        return data
-
-
-def next_attempt_delay(
-    failures: int, retryable: bool, time_left: float | None, interval: float,
-    retry_after: float | None = None, rng: random.Random | None = None,
-) -> float:
-    """Seconds to wait before the next attempt after ``failures`` failures in a row.
-
-    Exponential backoff with jitter for retryable errors; slow, steady retries
-    for permanent ones (a revoked secret must not hammer the endpoint). Either way
-    the wait is capped so that several attempts still happen before the current
-    token expires, and that cap shrinks as expiry nears. ``Retry-After`` is
-    honoured up to the cap.
-    """
-    if time_left is None or time_left <= 0:
-        cap = BACKOFF_MAX_WITHOUT_TOKEN
-    else:
-        cap = min(BACKOFF_MAX_SECONDS, time_left / ATTEMPTS_BEFORE_EXPIRY)
-    cap = max(cap, interval)
-    if not retryable:
-        return cap
-    ceiling = min(cap, BACKOFF_BASE_SECONDS * 2 ** max(failures - 1, 0))
-    # jitter over the upper half of each step only: the fleet shares one schedule per
-    # profile, so jitter just spreads profiles apart, and the floor keeps an outage of
-    # T seconds to about log2(T) attempts (full jitter can land near zero again and again)
-    delay = (rng or random).uniform(ceiling / 2, ceiling)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
-
 
 class Refresher:
     """Refreshes the profiles of one config against one store and one endpoint."""
@@ -121,6 +47,7 @@ class Refresher:
         self.client = client
         self.sleep = sleep
         self.rng = rng or random.Random()  # noqa: S311  (jitter, not security)
+        self._functions_loaded = False
 
     @classmethod
     def from_config(cls, config: Config) -> Refresher:
@@ -147,17 +74,30 @@ class Refresher:
         return due
 
     def sync_profiles(self) -> None:
-        """Publish the profile list for bare readers (scopes only: nothing secret)."""
+        """Publish this config's profiles for bare readers (merged into the registry,
+        nothing secret) and load the readers' read function."""
         self.store.register_profiles({
             name: {"scopes": p.scopes, "margin_seconds": self.config.margin_for(name)}
             for name, p in self.config.profiles.items()
         })
+        self._functions_loaded = self.store.load_functions()
+
+    def _rejected(self, profile: str, token: Token | None, now: float) -> bool:
+        """The current token was reported rejected, and no refresh caused by a report
+        ran within the cooldown (a report per new token must not mean a call per tick)."""
+        if token is None or not self.store.is_rejected(profile, token.fingerprint):
+            return False
+        last = self.store.status(profile).get("rejected_refresh_at") or "0"
+        try:
+            return now - float(last) >= REJECTED_COOLDOWN_SECONDS
+        except ValueError:
+            return True
 
     def _is_due(self, profile: str, token: Token | None, now: float) -> bool:
-        rejected = token is not None and self.store.is_rejected(profile, token.fingerprint)
         expires_at = token.expires_at if token else None
         refresh_at = token.refresh_at if token else None
-        state = token_state(expires_at, refresh_at, now, rejected=rejected)
+        state = token_state(expires_at, refresh_at, now,
+                            rejected=self._rejected(profile, token, now))
         return state is not TokenState.VALID
 
     def _read_token(self, profile: str) -> Token | None:
@@ -239,9 +179,11 @@ class Refresher:
                 return RefreshResult(profile, Outcome.FAILED,
                                      error="another refresh holds the lock; gave up waiting",
                                      error_code="lock_busy")
+        keeper = _LockKeeper(self.store, profile, owner, ttl)
         try:
-            return self._refresh_locked(profile, force, requested_at, scheduled)
+            return self._refresh_locked(profile, force, requested_at, scheduled, owner)
         finally:
+            keeper.stop()
             self.store.release_lock(profile, owner)
 
     def _wait_for_issue_after(
@@ -263,31 +205,44 @@ class Refresher:
             pubsub.close()
 
     def _refresh_locked(self, profile: str, force: bool, requested_at: float,
-                        scheduled: bool = False) -> RefreshResult:
+                        scheduled: bool = False, owner: str = "") -> RefreshResult:
         now = self.store.time()
         current = self._read_token(profile)
+        # read once: under the lock no other process can change the count meanwhile
+        try:
+            failures = int(float(self.store.status(profile).get("consecutive_failures") or 0))
+        except ValueError:
+            failures = 0
+        rejected = self._rejected(profile, current, now)
         # re-read under the lock: another process may have just finished
         if force:
             if current is not None and current.issued_at >= requested_at:
                 return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current.fingerprint,
                                      current.expires_at, current.issued_at)
         elif not self._is_due(profile, current, now):
-            assert current is not None  # a missing token is always due
+            if current is None:  # only a missing token cut short by a backoff gets here
+                return RefreshResult(profile, Outcome.NOT_DUE)
             return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current.fingerprint,
                                  current.expires_at, current.issued_at)
-        elif scheduled and (self.store.next_due(profile) or 0.0) > now:
+        elif scheduled and failures and (self.store.next_due(profile) or 0.0) > now:
             # an attempt since this refresh was sent failed and set a backoff: the next
             # attempt is the schedule's to make, not this stale message's
             return RefreshResult(profile, Outcome.DONE_ELSEWHERE)
         self.store.record_attempt(profile, now)
         started = time.monotonic()
-        # read once: under the lock no other process can change the count meanwhile
-        failures = int(self.store.status(profile).get("consecutive_failures") or 0)
         issued, error, calls, sent_at = self._request(profile, failures)
         if issued is None:
             assert error is not None
             return self._failed(profile, error, current, calls, time.monotonic() - started,
-                                failures)
+                                failures, owner)
+        if current is not None and issued.access_token == current.access_token:
+            # the server handed back the token it already gave us (some cache theirs):
+            # nothing newer exists yet, so keep serving it and ask again after a backoff
+            same = TokenRequestError(
+                "the token endpoint returned the current token again (no newer token yet)",
+                error="token_unchanged", retryable=True)
+            return self._failed(profile, same, current, calls, time.monotonic() - started,
+                                failures, owner)
         issued_at = now + sent_at
         expires_at = issued_at + issued.expires_in
         token = Token(
@@ -296,25 +251,29 @@ class Refresher:
             refresh_at=schedule_refresh(issued_at, expires_at, self.config.margin_for(profile),
                                         rng=self.rng),
         )
-        written = self.store.publish(profile, token)
+        if not self._functions_loaded:  # readers' fast path; once per process
+            self._functions_loaded = self.store.load_functions()
+        written = self.store.publish(profile, token, owner,
+                                     rejected_refresh_at=now if rejected else None)
         if written == 0 and current is None and self._unreadable(profile):
             # no reader can use what is stored (corrupt, or under a key nobody has), so
-            # it must not outlive a good token just because it expires later
-            self.store.redis.delete(self.store.keys.token(profile))
-            written = self.store.publish(profile, token)
+            # it must not outlive a good token just because it was issued later
+            self.store.delete_token(profile)
+            written = self.store.publish(profile, token, owner,
+                                         rejected_refresh_at=now if rejected else None)
         duration = time.monotonic() - started
         if written != 1:
-            # a newer token won the race (or ours died in transit); leave theirs
+            # a newer token won the race, our lock was taken over, or ours died in transit
+            reason = {0: "newer token already published", -2: "lock taken over (superseded)"
+                      }.get(written, "expired in transit")
             log.info("refresh profile=%s outcome=done_elsewhere fingerprint=%s duration=%.3fs "
-                     "reason=%s", profile, token.fingerprint, duration,
-                     "newer token already published" if written == 0 else "expired in transit",
-                     extra=_log_fields(profile, "done_elsewhere", duration, token.fingerprint))
+                     "reason=%s", profile, token.fingerprint, duration, reason,
+                     extra=log_fields(profile, "done_elsewhere", duration, token.fingerprint))
             return RefreshResult(profile, Outcome.DONE_ELSEWHERE, calls=calls)
-        self.store.record_success(profile, now, token)
         log.info("refresh profile=%s outcome=refreshed fingerprint=%s expires_in=%.0fs "
                  "duration=%.3fs calls=%d", profile, token.fingerprint, issued.expires_in,
                  duration, calls,
-                 extra=_log_fields(profile, "refreshed", duration, token.fingerprint))
+                 extra=log_fields(profile, "refreshed", duration, token.fingerprint))
         return RefreshResult(profile, Outcome.REFRESHED, token.fingerprint, token.expires_at,
                              token.issued_at, calls=calls)
 
@@ -355,7 +314,8 @@ class Refresher:
         raise AssertionError("unreachable")  # the last iteration always returns
 
     def _failed(self, profile: str, exc: TokenRequestError | ConfigError, current: Token | None,
-                calls: int, duration: float, failures_before: int) -> RefreshResult:
+                calls: int, duration: float, failures_before: int, owner: str = ""
+                ) -> RefreshResult:
         if isinstance(exc, TokenRequestError):
             code, retryable, retry_after = exc.error, exc.retryable, exc.retry_after
             message = str(exc)
@@ -366,12 +326,19 @@ class Refresher:
         time_left = current.expires_at - now if current is not None else None
         delay = next_attempt_delay(failures_before + 1, retryable, time_left,
                                    self.config.refresh.interval_seconds, retry_after, self.rng)
-        failures, previous = self.store.record_failure(profile, now, message, code, now + delay)
+        recorded = self.store.record_failure(profile, now, message, code, now + delay, owner)
+        if recorded is None:
+            # our lock expired and another holder has it: its outcome is the one to keep
+            log.info("refresh profile=%s outcome=done_elsewhere reason=lock taken over "
+                     "(superseded) error=%s", profile, code,
+                     extra=log_fields(profile, "done_elsewhere", duration, error_code=code))
+            return RefreshResult(profile, Outcome.DONE_ELSEWHERE, error_code=code, calls=calls)
+        failures, previous = recorded
         level = logging.ERROR if code != previous else logging.WARNING
         log.log(level, "refresh profile=%s outcome=failed error=%s retryable=%s failures=%d "
                 "next_attempt_in=%.1fs duration=%.3fs calls=%d: %s", profile, code, retryable,
                 failures, delay, duration, calls, message,
-                extra=_log_fields(profile, "failed", duration, error_code=code))
+                extra=log_fields(profile, "failed", duration, error_code=code))
         return RefreshResult(profile, Outcome.FAILED, error=message, error_code=code, calls=calls)
 
     def refresh_many(self, profiles: list[str], force: bool = False,
@@ -385,3 +352,26 @@ class Refresher:
             self.store.redis.close()
         except redis.RedisError:
             pass
+
+
+class _LockKeeper:
+    """Extends the refresh lock while this holder works, so a slow Redis or a long run of
+    retries never lets it lapse under a live holder; stops at the first failed extend."""
+
+    def __init__(self, store: TokenStore, profile: str, owner: str, ttl: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(store, profile, owner, ttl),
+                                        name="token_worker-lock-keeper", daemon=True)
+        self._thread.start()
+
+    def _run(self, store: TokenStore, profile: str, owner: str, ttl: float) -> None:
+        while not self._stop.wait(ttl / 3):
+            try:
+                if not store.extend_lock(profile, owner, ttl):
+                    return  # taken over: the publish fence refuses our result
+            except (redis.RedisError, OSError):
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)

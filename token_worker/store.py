@@ -8,73 +8,32 @@ Time comes from Redis (``TIME``): one clock for the whole fleet.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 import redis
 
+from . import scripts
+from .connection import connect_redis, describe_redis
 from .exceptions import StoreError
 from .keys import Keys
-from .tokens import Token
+from .tokens import Token, bounded_ttl
 
-__all__ = ["PlainCodec", "TokenCodec", "TokenStore", "connect_redis"]
+__all__ = ["REJECTED_COOLDOWN_SECONDS", "PlainCodec", "TokenCodec", "TokenStore",
+           "connect_redis", "describe_redis"]
 
 log = logging.getLogger("token_worker.store")
 
-# KEYS: token, schedule   ARGV: value, expires_at_ms, refresh_at, profile, channel, fingerprint
-# Returns 1 written, 0 kept an existing token that lives longer, -1 already expired.
-_PUBLISH = """
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local new_ttl = tonumber(ARGV[2]) - now_ms
-if new_ttl <= 0 then return -1 end
-local cur = redis.call('PTTL', KEYS[1])
-if cur > new_ttl then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', new_ttl)
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[4] .. ' ' .. ARGV[6])
-return 1
-"""
-# KEYS: token   -> false, or the pttl in ms as 13 characters followed by the value (one
-# string parses faster than a two-element array). Run with EVALSHA_RO (Redis 7+): a
-# read-only script needs only read access to its keys, so it works under the reader ACL
-_READ = """
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
-return string.format('%013d', redis.call('PTTL', KEYS[1])) .. v
-"""
-_READ_SHA = hashlib.sha1(_READ.encode(), usedforsecurity=False).hexdigest()  # Redis's script id
-# KEYS: lock   ARGV: owner
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-# KEYS: schedule   ARGV: configured profiles
-# -> {now as "sec.usec", due members, member count, how many of ARGV are members}
-_DUE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local present = 0
-for _, p in ipairs(ARGV) do
-  if redis.call('ZSCORE', KEYS[1], p) then present = present + 1 end
-end
-return {t[1] .. '.' .. string.format('%06d', tonumber(t[2])),
-        redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now),
-        redis.call('ZCARD', KEYS[1]), present}
-"""
-# KEYS: marker, schedule   ARGV: profile, channel, fingerprint, marker ttl seconds
-_REJECT = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then
-  redis.call('ZADD', KEYS[2], 0, ARGV[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[1] .. ' rejected:' .. ARGV[3])
-  return 1
-end
-return 0
-"""
+# a 401 report makes a profile due again at most this often: a broken API (or a hostile
+# reader) reporting every new token at once must not turn into one endpoint call per tick
+REJECTED_COOLDOWN_SECONDS = 10.0
+# how long a reader falls back to plain commands before trying the read function again
+# (the refresher side loads it; a Redis that restarted empty has lost it until then)
+_FUNCTION_RETRY_SECONDS = 30.0
 
 
 class TokenCodec(Protocol):
@@ -97,43 +56,13 @@ class PlainCodec:
         return stored
 
 
-def connect_redis(
-    url: str,
-    *,
-    tls_ca_file: str | None = None,
-    tls_cert_file: str | None = None,
-    tls_key_file: str | None = None,
-    socket_timeout: float = 5.0,
-) -> redis.Redis:
-    """A client with timeouts, so a vanished Redis is an error, never a hang."""
-    kwargs: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": socket_timeout,
-        "health_check_interval": 30,
-        "decode_responses": True,
-    }
-    if url.startswith("rediss://"):
-        # verify the server and its name even on redis-py 5, whose default skipped the name
-        kwargs.update(ssl_ca_certs=tls_ca_file, ssl_certfile=tls_cert_file,
-                      ssl_keyfile=tls_key_file, ssl_cert_reqs="required",
-                      ssl_check_hostname=True)
-    return redis.Redis.from_url(url, **kwargs)
-
-
-def describe_redis(client: redis.Redis) -> str:
-    """``host:port`` of a client, for error messages (never the password)."""
-    kw = client.connection_pool.connection_kwargs
-    if "path" in kw:
-        return str(kw["path"])
-    return f"{kw.get('host', '?')}:{kw.get('port', '?')}"
-
-
-def _split_read(reply: Any) -> tuple[Any, float]:
-    """(value or None, seconds left) from what ``_READ`` returns."""
+def _split_read(reply: Any) -> tuple[str | None, float, float]:
+    """(value or None, seconds left per PTTL, fleet now) from the read function."""
     if reply is None:
-        return None, 0.0
+        return None, 0.0, 0.0
     pttl = int(reply[:13])
-    return reply[13:], (pttl / 1000.0 if pttl > 0 else 0.0)
+    now = int(reply[13:23]) + int(reply[23:29]) / 1_000_000
+    return reply[29:], (pttl / 1000.0 if pttl > 0 else 0.0), now
 
 
 class TokenStore:
@@ -144,12 +73,15 @@ class TokenStore:
         self.redis = client
         self.keys = Keys(prefix)
         self.codec: TokenCodec = codec or PlainCodec()
-        self._publish = client.register_script(_PUBLISH)
-        self._release = client.register_script(_RELEASE)
-        self._due = client.register_script(_DUE)
-        self._reject = client.register_script(_REJECT)
-        # the reader's hot path; False once the server refuses EVALSHA_RO (see read_raw)
-        self._read_ro = True
+        self._publish = client.register_script(scripts.PUBLISH)
+        self._fail = client.register_script(scripts.FAIL)
+        self._acquire = client.register_script(scripts.ACQUIRE)
+        self._extend = client.register_script(scripts.EXTEND)
+        self._release = client.register_script(scripts.RELEASE)
+        self._due = client.register_script(scripts.DUE)
+        # the reader's hot path: monotonic time until which plain commands are used
+        # instead of the read function (absent, refused by an ACL, or Redis < 7)
+        self._fcall_after = 0.0
 
     def __repr__(self) -> str:
         return f"TokenStore(redis={describe_redis(self.redis)!r}, prefix={self.keys.prefix!r})"
@@ -161,54 +93,92 @@ class TokenStore:
         return sec + usec / 1_000_000
 
     # -- tokens --------------------------------------------------------------
-    def publish(self, profile: str, token: Token) -> int:
-        """Publish atomically: value, expiry with the token, schedule, notification.
+    def load_functions(self) -> bool:
+        """Load the readers' read function (refresher side; readers cannot load code).
+
+        Returns False when this Redis has no functions (before 7.0) or refuses us.
+        """
+        try:
+            self.redis.function_load(scripts.FUNCTION_LIBRARY, replace=True)
+        except redis.exceptions.NoPermissionError:
+            return False
+        except redis.ResponseError as exc:
+            if "unknown command" in str(exc).lower():
+                return False
+            raise
+        return True
+
+    def publish(self, profile: str, token: Token, owner: str = "",
+                rejected_refresh_at: float | None = None) -> int:
+        """Publish atomically: value, expiry with the token, schedule, status, notification.
+
+        Tokens are ordered by ``issued_at``: a token issued later replaces the stored one
+        even when it expires sooner (a forced or post-401 refresh must win), and one
+        issued earlier never replaces it (a slow refresher's late answer). ``owner`` is the
+        lock owner: a holder whose lock expired and was taken by another is fenced out.
 
         Returns:
-            1 when written; 0 when the stored token expires later and was kept;
-            -1 when the token had already expired on the fleet clock.
+            1 written; 0 a token issued later is already published; -1 the token had
+            already expired on the fleet clock; -2 the lock is another holder's.
         """
         value = self.codec.encode(profile, token.to_json())
+        fields = {
+            "last_success_at": repr(token.issued_at),
+            "last_outcome": "refreshed",
+            "last_error": "",
+            "last_error_code": "",
+            "consecutive_failures": "0",
+            "fingerprint": token.fingerprint,
+            "issued_at": repr(token.issued_at),
+            "expires_at": repr(token.expires_at),
+            "refresh_at": repr(token.refresh_at),
+            "next_attempt_at": repr(token.refresh_at),
+        }
+        if rejected_refresh_at is not None:  # the 401 report cooldown runs from here
+            fields["rejected_refresh_at"] = repr(rejected_refresh_at)
+        k = self.keys
         result = self._publish(
-            keys=[self.keys.token(profile), self.keys.schedule()],
+            keys=[k.token(profile), k.schedule(), k.lock(profile), k.status(profile)],
             args=[value, int(token.expires_at * 1000), repr(token.refresh_at), profile,
-                  self.keys.events(), token.fingerprint],
+                  k.events(), token.fingerprint, owner, repr(token.issued_at),
+                  *[x for pair in fields.items() for x in pair]],
         )
         return int(result)
 
-    def read_raw(self, profile: str) -> tuple[str | None, float]:
-        """The stored value and its seconds left per Redis, in one round trip."""
+    def read_raw(self, profile: str) -> tuple[str | None, float, float]:
+        """The stored value, its seconds left per Redis and the fleet clock, in one trip.
+
+        Pass the result to :func:`token_worker.tokens.bounded_ttl` with the token's own
+        ``expires_at``: the key TTL alone can be stretched by a replayed ``SET``.
+        """
         key = self.keys.token(profile)
-        if self._read_ro:
-            # a bare EVALSHA_RO costs about what a GET does; a redis-py pipeline or Script
-            # object adds tens of microseconds to every uncached read
+        if self._fcall_after <= time.monotonic():
+            # a bare FCALL_RO costs about what a GET does; a redis-py pipeline adds tens of
+            # microseconds to every uncached read
             try:
                 reply = self.redis.execute_command(  # type: ignore[no-untyped-call]
-                    "EVALSHA_RO", _READ_SHA, 1, key)
-            except redis.exceptions.NoScriptError:
-                try:  # new or restarted Redis: load once (readers have +script|load)
-                    self.redis.script_load(_READ)
-                    reply = self.redis.execute_command(  # type: ignore[no-untyped-call]
-                        "EVALSHA_RO", _READ_SHA, 1, key)
-                except redis.exceptions.NoPermissionError:
-                    self._read_ro = False
-                else:
-                    return _split_read(reply)
+                    "FCALL_RO", scripts.READ_FUNCTION, 1, key)
             except redis.exceptions.NoPermissionError:
-                self._read_ro = False  # an ACL without +evalsha_ro
+                self._fcall_after = float("inf")  # an ACL without +fcall_ro
             except redis.ResponseError as exc:
-                if "unknown command" not in str(exc).lower():
+                text = str(exc).lower()
+                if "unknown command" in text:
+                    self._fcall_after = float("inf")  # Redis < 7
+                elif "function not found" in text:
+                    # restarted empty, or no refresher has run yet: it loads the function
+                    self._fcall_after = time.monotonic() + _FUNCTION_RETRY_SECONDS
+                else:
                     raise
-                self._read_ro = False  # Redis < 7
             else:
                 return _split_read(reply)
-            log.debug("EVALSHA_RO refused; reading tokens with MULTI GET PTTL EXEC")
+            log.debug("read function unavailable; reading tokens with MULTI GET PTTL TIME")
         # MULTI needs only the read commands themselves under an ACL (ops/redis-acl.conf)
         pipe = self.redis.pipeline(transaction=True)
         pipe.get(key)
         pipe.pttl(key)
-        value, pttl = pipe.execute()
-        return value, (pttl / 1000.0 if pttl > 0 else 0.0)
+        pipe.time()
+        value, pttl, (sec, usec) = pipe.execute()
+        return value, (pttl / 1000.0 if pttl > 0 else 0.0), sec + usec / 1_000_000
 
     def decode(self, profile: str, value: str, ttl: float) -> Token:
         """Decode a stored value; raises StoreError when it cannot be read."""
@@ -217,14 +187,22 @@ class TokenStore:
             return Token.from_dict(data, ttl=ttl)
         except StoreError:
             raise
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise StoreError(f"token for profile {profile!r} is unreadable "
                              f"({type(exc).__name__})") from None
 
     def get_token(self, profile: str) -> Token | None:
         """The published token, or None."""
-        value, ttl = self.read_raw(profile)
-        return None if value is None else self.decode(profile, value, ttl)
+        value, ttl, now = self.read_raw(profile)
+        if value is None:
+            return None
+        token = self.decode(profile, value, ttl)
+        bounded = bounded_ttl(ttl, token.expires_at, now)
+        return token if bounded == ttl else self.decode(profile, value, bounded)
+
+    def delete_token(self, profile: str) -> None:
+        """Drop a stored token nobody can read (so it cannot outlive a good one)."""
+        self.redis.delete(self.keys.token(profile))
 
     def purge(self, profile: str) -> bool:
         """Delete a token and make its profile due now; True when a token was deleted."""
@@ -235,37 +213,53 @@ class TokenStore:
         deleted, _, _ = pipe.execute()
         return bool(deleted)
 
+    def forget(self, profile: str) -> None:
+        """Remove a profile from the fleet: token, status, schedule entry and registry.
+
+        Workers never remove profiles they do not know (another config may), so taking
+        one out of service is this explicit step, after every worker has dropped it.
+        """
+        k = self.keys
+        pipe = self.redis.pipeline()
+        pipe.delete(k.token(profile), k.status(profile), k.lock(profile))
+        pipe.zrem(k.schedule(), profile)
+        pipe.hdel(k.profiles(), profile)
+        pipe.publish(k.events(), f"{profile} purged")
+        pipe.execute()
+
     def report_rejected(self, profile: str, token_fingerprint: str, ttl: int = 300) -> bool:
-        """Mark a token rejected by the API (once per token) and make its profile due now."""
-        return bool(self._reject(
-            keys=[self.keys.rejected(profile, token_fingerprint), self.keys.schedule()],
-            args=[profile, self.keys.events(), token_fingerprint, ttl],
-        ))
+        """Mark a token rejected by the API, once per token, and tell the listeners.
+
+        Readers run this: it writes only the marker (no schedule, no script). The
+        listeners move the refresh forward; beat's due check sees the marker too, so a
+        report made while no listener was connected is not lost.
+        """
+        if not self.redis.set(self.keys.rejected(profile, token_fingerprint), "1",
+                              nx=True, ex=ttl):
+            return False
+        self.redis.publish(self.keys.events(), f"{profile} rejected:{token_fingerprint}")
+        return True
 
     def is_rejected(self, profile: str, token_fingerprint: str) -> bool:
         return bool(self.redis.exists(self.keys.rejected(profile, token_fingerprint)))
 
     # -- schedule ------------------------------------------------------------
     def due(self, profiles: Iterable[str]) -> tuple[float, list[str]]:
-        """(fleet now, configured profiles that are due), usually in one round trip.
+        """(fleet now, configured profiles that are due), in one round trip.
 
-        A profile is due when its scheduled time has passed or it is missing from the
-        schedule (never published, or Redis came back empty). The script counts which
-        configured profiles are scheduled, so the full schedule is read only when the
-        two sets differ.
+        Due: the schedule's time has passed or it has none; the token key is gone while
+        no failure backoff runs; or the current token was reported rejected (at most once
+        per :data:`REJECTED_COOLDOWN_SECONDS`). Profiles this process does not know are
+        never touched: another worker's config may have them.
         """
-        configured = set(profiles)
-        now_s, members, count, present = self._due(keys=[self.keys.schedule()],
-                                                   args=sorted(configured))
-        due = [p for p in members if p in configured]
-        # equal counts alone can hide a renamed profile (one added, one removed)
-        if int(count) != len(configured) or int(present) != len(configured):
-            known: set[str] = set(self.redis.zrange(self.keys.schedule(), 0, -1))  # type: ignore[arg-type]
-            due.extend(sorted(configured - known))
-            stale = known - configured
-            if stale:  # removed from the config: keep the next tick O(1)
-                self.redis.zrem(self.keys.schedule(), *stale)
-        return float(now_s), due
+        names = sorted(set(profiles))
+        k = self.keys
+        keys = [k.schedule()]
+        for name in names:
+            keys += [k.token(name), k.status(name)]
+        now_s, due = self._due(keys=keys, args=[k.rejected_prefix(), REJECTED_COOLDOWN_SECONDS,
+                                                *names])
+        return float(now_s), list(due)
 
     def next_due(self, profile: str) -> float | None:
         """When the schedule says the profile is next due (fleet clock), or None."""
@@ -285,63 +279,56 @@ class TokenStore:
         return dict(pairs)
 
     def register_profiles(self, profiles: dict[str, dict[str, Any]]) -> None:
-        """Record the configured profiles so bare readers can tell 'unknown' apart."""
-        pipe = self.redis.pipeline()
-        pipe.delete(self.keys.profiles())
+        """Record this config's profiles so bare readers can tell 'unknown' apart.
+
+        Merged, never replaced: a worker with another config (a rolling deploy, a second
+        app on the prefix) keeps its entries. :meth:`forget` removes one.
+        """
         if profiles:
-            pipe.hset(self.keys.profiles(),
-                      mapping={k: json.dumps(v) for k, v in profiles.items()})
-        pipe.execute()
+            self.redis.hset(self.keys.profiles(),
+                            mapping={k: json.dumps(v) for k, v in profiles.items()})
+
+    def registered_profiles(self) -> dict[str, dict[str, Any]]:
+        """The fleet's registry: profile -> its public settings (margin, interval)."""
+        raw: dict[str, str] = self.redis.hgetall(self.keys.profiles())  # type: ignore[assignment]
+        out: dict[str, dict[str, Any]] = {}
+        for name, value in raw.items():
+            try:
+                data = json.loads(value)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(data, dict):
+                out[name] = data
+        return out
 
     # -- status --------------------------------------------------------------
     def status(self, profile: str) -> dict[str, str]:
         fields: dict[str, str] = self.redis.hgetall(self.keys.status(profile))  # type: ignore[assignment]
         return fields
 
-    def statuses(self, profiles: list[str]) -> list[dict[str, str]]:
-        pipe = self.redis.pipeline(transaction=False)
-        for profile in profiles:
-            pipe.hgetall(self.keys.status(profile))
-        return [dict(s) for s in pipe.execute()]
-
     def record_attempt(self, profile: str, now: float) -> None:
         self.redis.hset(self.keys.status(profile), "last_attempt_at", repr(now))
 
-    def record_success(self, profile: str, now: float, token: Token) -> None:
-        self.redis.hset(self.keys.status(profile), mapping={
-            "last_success_at": repr(now),
-            "last_outcome": "refreshed",
-            "last_error": "",
-            "last_error_code": "",
-            "consecutive_failures": 0,
-            "fingerprint": token.fingerprint,
-            "expires_at": repr(token.expires_at),
-            "refresh_at": repr(token.refresh_at),
-            "next_attempt_at": repr(token.refresh_at),
-        })
-
     def record_failure(
-        self, profile: str, now: float, message: str, code: str, next_attempt_at: float
-    ) -> tuple[int, str]:
-        """Record a failed attempt and when to try next.
+        self, profile: str, now: float, message: str, code: str, next_attempt_at: float,
+        owner: str = "",
+    ) -> tuple[int, str] | None:
+        """Record a failed attempt and when to try next, unless fenced out.
 
         Returns:
-            (consecutive failures now, the previous error code or "").
+            (consecutive failures now, the previous error code or ""), or None when the
+            lock is another holder's now (their outcome stands, not ours).
         """
-        key = self.keys.status(profile)
-        pipe = self.redis.pipeline()
-        pipe.hget(key, "last_error_code")
-        pipe.hincrby(key, "consecutive_failures", 1)
-        pipe.hset(key, mapping={
-            "last_attempt_at": repr(now),
-            "last_outcome": "failed",
-            "last_error": message,
-            "last_error_code": code,
-            "next_attempt_at": repr(next_attempt_at),
-        })
-        pipe.zadd(self.keys.schedule(), {profile: next_attempt_at})
-        previous, failures, _, _ = pipe.execute()
-        return int(failures), previous or ""
+        k = self.keys
+        n, previous = self._fail(
+            keys=[k.status(profile), k.schedule(), k.lock(profile)],
+            args=[owner, profile, repr(next_attempt_at), "last_attempt_at", repr(now),
+                  "last_outcome", "failed", "last_error", message, "last_error_code", code,
+                  "next_attempt_at", repr(next_attempt_at)],
+        )
+        if int(n) < 0:
+            return None
+        return int(n), previous or ""
 
     def record_outcome(self, profile: str, outcome: str) -> None:
         self.redis.hset(self.keys.status(profile), "last_outcome", outcome)
@@ -350,10 +337,15 @@ class TokenStore:
     def acquire_lock(self, profile: str, ttl_seconds: float) -> str | None:
         """Take the fleet-wide refresh lock; the owner token, or None when held."""
         owner = secrets.token_hex(16)
-        if self.redis.set(self.keys.lock(profile), owner, nx=True,
-                          px=int(ttl_seconds * 1000)):
+        if self._acquire(keys=[self.keys.lock(profile)],
+                         args=[owner, max(1, int(ttl_seconds * 1000))]):
             return owner
         return None
+
+    def extend_lock(self, profile: str, owner: str, ttl_seconds: float) -> bool:
+        """Push the lock's expiry out while our call runs; False once it is not ours."""
+        return bool(self._extend(keys=[self.keys.lock(profile)],
+                                 args=[owner, max(1, int(ttl_seconds * 1000))]))
 
     def release_lock(self, profile: str, owner: str) -> bool:
         """Release only if still ours (it may have expired and been taken since)."""
@@ -362,6 +354,8 @@ class TokenStore:
     def lock_ttl(self, profile: str) -> float:
         """Seconds the current lock holder has left, or 0 when unlocked."""
         pttl = self.redis.pttl(self.keys.lock(profile))
+        if pttl == -1:
+            return float("inf")  # no expiry: held (the next acquire attempt gives it one)
         return pttl / 1000.0 if pttl > 0 else 0.0
 
     def pubsub(self, ignore_subscribe_messages: bool = True) -> Any:

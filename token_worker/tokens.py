@@ -24,6 +24,7 @@ __all__ = [
     "JITTER_FRACTION",
     "Token",
     "TokenState",
+    "bounded_ttl",
     "fingerprint",
     "schedule_refresh",
     "token_state",
@@ -47,6 +48,18 @@ class TokenState(StrEnum):
 def fingerprint(access_token: str) -> str:
     """A short, stable, non-reversible name for a token: safe to log and show."""
     return hashlib.sha256(access_token.encode()).hexdigest()[:12]
+
+
+def bounded_ttl(pttl: float, expires_at: float, fleet_now: float) -> float:
+    """Seconds a stored token may still be served: the key's PTTL, but never past the
+    ``expires_at`` written inside the (authenticated, when encrypted) value.
+
+    A value replayed under a longer PX (an old ciphertext ``SET`` again by someone with
+    write access) therefore dies at its own expiry, whatever Redis's key TTL says. Both
+    figures are on the fleet clock, so this host's wall clock plays no part.
+    """
+    left = min(pttl, expires_at - fleet_now)
+    return left if left > 0 else 0.0
 
 
 def schedule_refresh(

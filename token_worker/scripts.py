@@ -1,0 +1,146 @@
+"""The Lua that runs inside Redis: every write that must not interleave with another.
+
+Only the refresher side loads or runs these: the ``reader`` ACL user can neither
+load a script nor run one (``ops/redis-acl.conf``). Readers read through a
+*function* that the refresher side loads (``FCALL_RO``, flagged ``no-writes``), or
+with plain commands where it is absent.
+
+Every script checks the type of each key it touches before it writes anything:
+a key of the wrong type (an operator's typo, a hostile write) is deleted and
+rebuilt rather than left to make every refresh fail with WRONGTYPE halfway.
+Every key a script touches is passed in ``KEYS`` except the rejected marker,
+whose name depends on the fingerprint the status hash holds; it shares the
+prefix, so it lives wherever the prefix does.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ACQUIRE", "DUE", "EXTEND", "FAIL", "FUNCTION_LIBRARY", "PUBLISH", "READ_FUNCTION",
+           "RELEASE"]
+
+# shared by every script: delete KEYS[i] unless it is one of the allowed types
+_TYPES = """
+local function want(key, a, b)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= a and t ~= b then redis.call('DEL', key) end
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: token, schedule, lock, status
+# ARGV: value, expires_at_ms, refresh_at, profile, channel, fingerprint, owner, issued_at,
+#       then status field/value pairs
+# Returns 1 written; 0 a token issued later is already published; -1 already expired;
+# -2 the lock is another holder's (ours expired and was taken: fenced out).
+PUBLISH = _TYPES + """
+want(KEYS[1], 'string'); want(KEYS[2], 'zset'); want(KEYS[3], 'string'); want(KEYS[4], 'hash')
+local lock = redis.call('GET', KEYS[3])
+if lock and lock ~= ARGV[7] then return -2 end
+local new_ttl = tonumber(ARGV[2]) - now_ms()
+if new_ttl <= 0 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local cur = tonumber(redis.call('HGET', KEYS[4], 'issued_at') or '')
+  if cur == nil then
+    -- written before issued_at was recorded: the old never-shorter rule decides
+    if redis.call('PTTL', KEYS[1]) > new_ttl then return 0 end
+  elseif cur >= tonumber(ARGV[8]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', new_ttl)
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
+redis.call('PUBLISH', ARGV[5], ARGV[4] .. ' ' .. ARGV[6])
+return 1
+"""
+
+# KEYS: status, schedule, lock   ARGV: owner, profile, next_attempt_at, field/value pairs
+# -> {consecutive failures now, previous error code}, or {-1, ''} when fenced out
+FAIL = _TYPES + """
+want(KEYS[1], 'hash'); want(KEYS[2], 'zset'); want(KEYS[3], 'string')
+local lock = redis.call('GET', KEYS[3])
+if lock and lock ~= ARGV[1] then return {-1, ''} end
+local previous = redis.call('HGET', KEYS[1], 'last_error_code') or ''
+local n = tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures') or '0') or 0
+n = math.floor(n) + 1
+redis.call('HSET', KEYS[1], 'consecutive_failures', n)
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return {n, previous}
+"""
+
+# KEYS: lock   ARGV: owner, ttl_ms -> 1 taken; 0 held by someone else
+# A lock with no expiry can only come from a hand-made SET: give it one, or no refresh
+# of this profile would ever run again (and forced waits would spin on it).
+ACQUIRE = _TYPES + """
+want(KEYS[1], 'string')
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: lock   ARGV: owner, ttl_ms -> 1 extended; 0 no longer ours
+EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: lock   ARGV: owner
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: schedule, then token and status of each configured profile, in ARGV's order
+# ARGV: rejected-marker prefix ("<prefix>:rejected:"), rejected cooldown seconds, profiles
+# -> {now as "sec.usec", due profiles}
+# Due: the schedule's time has passed or it has none; or the token key is gone while no
+# failure backoff is running (evicted, lost in a failover, deleted by hand); or the
+# current token was reported rejected and no refresh a report caused ran within the
+# cooldown.
+DUE = _TYPES + """
+want(KEYS[1], 'zset')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local cooldown = tonumber(ARGV[2])
+local due = {}
+for i = 3, #ARGV do
+  local p = ARGV[i]
+  local token, status = KEYS[2 * (i - 2)], KEYS[2 * (i - 2) + 1]
+  local score = tonumber(redis.call('ZSCORE', KEYS[1], p) or '')
+  local is_due = score == nil or score <= now
+  if not is_due and redis.call('TYPE', status)['ok'] == 'hash' then
+    local s = redis.call('HMGET', status, 'consecutive_failures', 'fingerprint',
+                         'rejected_refresh_at')
+    local failing = (tonumber(s[1] or '0') or 0) > 0
+    if redis.call('EXISTS', token) == 0 then
+      is_due = not failing
+    elseif s[2] and redis.call('EXISTS', ARGV[1] .. p .. ':' .. s[2]) == 1 then
+      is_due = now - (tonumber(s[3] or '0') or 0) >= cooldown
+    end
+  elseif not is_due and redis.call('EXISTS', token) == 0 then
+    is_due = true
+  end
+  if is_due then due[#due + 1] = p end
+end
+return {t[1] .. '.' .. string.format('%06d', tonumber(t[2])), due}
+"""
+
+# The reader's hot path, loaded by the refresher side (FUNCTION LOAD) and run by readers
+# with FCALL_RO. The name carries a version, so two fleet versions never replace each
+# other's. KEYS: token -> false, or pttl ms (13 chars) .. TIME sec (10) .. usec (6) .. value
+# (one string parses faster than an array)
+READ_FUNCTION = "token_worker_read_1"
+FUNCTION_LIBRARY = f"""#!lua name=token_worker_1
+redis.register_function{{function_name='{READ_FUNCTION}', flags={{'no-writes'}},
+  callback=function(keys, args)
+    local v = redis.call('GET', keys[1])
+    if not v then return false end
+    local t = redis.call('TIME')
+    return string.format('%013d%010d%06d', redis.call('PTTL', keys[1]), tonumber(t[1]),
+                         tonumber(t[2])) .. v
+  end}}
+"""
