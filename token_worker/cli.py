@@ -11,81 +11,17 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
-import redis
 
-from .config import Config, config_warnings, credential_problems, load_config, redact_url
-from .exceptions import ConfigError, TokenWorkerError
-from .status import ProfileStatus, certificate_expiries, read_statuses
-from .store import TokenStore, connect_redis
+from .cli_support import EXIT_FAILED, EXIT_OK, Fail, Seconds, State, Usage, render_certificates
+from .cli_support import errors as _errors
+from .cli_support import render_table as render_table  # demo.py renders with it
+from .config import Config, config_warnings, credential_problems, redact_url
+from .exceptions import ConfigError
+from .status import certificate_expiries, read_statuses
 
 log = logging.getLogger("token_worker.cli")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class Fail(click.ClickException):
-    """An action failed: one line on stderr, exit 1."""
-
-    exit_code = EXIT_FAILED
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-class Usage(Fail):
-    """Bad usage or invalid config: exit 2."""
-
-    exit_code = EXIT_USAGE
-
-
-def _errors(func: F) -> F:
-    """Turn library errors into one-line messages with the contract's exit codes."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ConfigError as exc:
-            if len(exc.problems) == 1:  # one problem, one line
-                raise Usage(f"invalid config: {exc.problems[0]}") from None
-            raise Usage("\n  ".join(["invalid config:", *exc.problems])) from None
-        except redis.RedisError as exc:
-            raise Fail(f"Redis unreachable: {type(exc).__name__}: {exc}") from None
-        except TokenWorkerError as exc:
-            raise Fail(str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class State:
-    def __init__(self, config_path: str | None) -> None:
-        self.config_path = config_path
-        self._config: Config | None = None
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            self._config = load_config(self.config_path)
-        return self._config
-
-    def store(self) -> TokenStore:
-        from .crypto import codec_for
-
-        r = self.config.redis
-        codec = codec_for(self.config) if (r.encryption_keys_env or r.encryption_keys_file) \
-            else None
-        client = connect_redis(r.url, tls_ca_file=r.tls_ca_file, tls_cert_file=r.tls_cert_file,
-                               tls_key_file=r.tls_key_file,
-                               socket_timeout=r.socket_timeout_seconds)
-        return TokenStore(client, r.prefix, codec=codec)
-
 
 pass_state = click.make_pass_decorator(State)
 
@@ -112,62 +48,6 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str, log_format:
 
 
 # -- status / check -----------------------------------------------------------
-def _ago(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "never"
-    return f"{_duration(now - ts)} ago"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    sign = "-" if seconds < 0 else ""
-    s = int(abs(seconds))
-    if s >= 3600:
-        return f"{sign}{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{sign}{s // 60}m{s % 60:02d}s"
-    return f"{sign}{abs(seconds):.0f}s"
-
-
-def render_table(rows: list[ProfileStatus]) -> str:
-    """The human status table, columns aligned."""
-    header = ["PROFILE", "STATE", "EXPIRES IN", "NEXT REFRESH", "LAST SUCCESS", "FAILURES",
-              "FINGERPRINT", "LAST ERROR"]
-    table = [header]
-    for r in rows:
-        table.append([
-            r.profile, str(r.state), _duration(r.expires_in),
-            _duration(r.refresh_in) if r.refresh_in is not None and r.refresh_in > 0 else
-            ("now" if r.refresh_in is not None else "-"),
-            _ago(r.last_success_at, r.now), str(r.consecutive_failures), r.fingerprint or "-",
-            (r.last_error or "-")[:80],
-        ])
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                     .rstrip() for row in table)
-
-
-def render_certificates(certs: dict[str, tuple[str, float | None]]) -> list[str]:
-    """One line per certificate client: when its certificate expires, or "unknown"."""
-    by_client: dict[str, list[str]] = {}
-    for profile, (client, _) in certs.items():
-        by_client.setdefault(client, []).append(profile)
-    expiry = {client: when for client, when in certs.values()}
-    lines = []
-    for client, profiles in by_client.items():
-        when = expiry[client]
-        if when is None:
-            state = "expiry unknown (certificate not readable on this host)"
-        else:
-            left = when - time.time()
-            stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
-            state = (f"EXPIRED {stamp}" if left <= 0 else
-                     f"expires {stamp} (in {int(left // 86400)}d)")
-        lines.append(f"certificate clients.{client}: {state}  [{', '.join(profiles)}]")
-    return lines
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per profile.")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
@@ -205,7 +85,7 @@ def status(state: State, as_json: bool, watch: bool) -> None:
 
 
 @cli.command()
-@click.option("--min-ttl", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--min-ttl", type=Seconds(), default=0.0, show_default=True,
               help="Seconds of life every token must have left.")
 @pass_state
 @_errors
@@ -229,7 +109,7 @@ def check(state: State, min_ttl: float) -> None:
 @click.option("--force", is_flag=True, help="Refresh even when the token is not yet due.")
 @click.option("--local", is_flag=True,
               help="Refresh in this process (still under the fleet-wide lock).")
-@click.option("--wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+@click.option("--wait", type=Seconds(), default=None, metavar="SECONDS",
               help="Wait until the new token is published; exit 1 at the deadline.")
 @pass_state
 @_errors
@@ -312,6 +192,30 @@ def purge(state: State, profile: str, yes: bool) -> None:
     click.echo(f"{profile}: {'token deleted' if deleted else 'had no token'}; due now")
 
 
+@cli.command()
+@click.argument("profile")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+@_errors
+def forget(state: State, profile: str, yes: bool) -> None:
+    """Remove a profile from the fleet: token, status, schedule entry and registry entry.
+
+    Workers never remove profiles they do not know (another config may have them), so
+    this is the explicit last step once every worker's config has dropped the profile.
+    """
+    if profile in state.config.profiles:
+        # workers with this config would register it again at once
+        raise Usage(f"profile {profile!r} is still configured in {state.config.path}; "
+                    f"remove it from every worker's config first")
+    if not yes and not click.confirm(f"Remove profile {profile!r} from the fleet? Readers "
+                                     f"will be told it is unknown", default=False):
+        raise Fail("not confirmed; nothing removed")
+    store = state.store()
+    known = profile in store.registered_profiles()
+    store.forget(profile)
+    click.echo(f"{profile}: forgotten" + ("" if known else " (it was not registered)"))
+
+
 # -- config -------------------------------------------------------------------
 @cli.group("config")
 def config_group() -> None:
@@ -371,7 +275,7 @@ def worker(state: State, concurrency: int | None, no_beat: bool,
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8400, show_default=True)
-@click.option("--expires-in", type=click.FloatRange(min=1), default=3600, show_default=True,
+@click.option("--expires-in", type=Seconds(min=1), default=3600, show_default=True,
               help="Lifetime of issued tokens, in seconds.")
 @click.option("--client", "clients", multiple=True, metavar="CLIENT_ID=SECRET_ENV",
               help="Accept only this client, its secret read from env var SECRET_ENV. "
@@ -385,8 +289,10 @@ def emulator(host: str, port: int, expires_in: float, clients: tuple[str, ...],
     import os
     from pathlib import Path
 
-    from .emulator import serve
+    from .emulator import MAX_EXPIRES_IN, serve
 
+    if expires_in > MAX_EXPIRES_IN:  # the Emulator refuses it; say which option is wrong
+        raise Usage(f"--expires-in: at most {MAX_EXPIRES_IN} seconds")
     pems: dict[str, bytes | str] = {}
     for spec in certificates:
         client_id, _, pem_file = spec.partition("=")
@@ -412,9 +318,9 @@ def emulator(host: str, port: int, expires_in: float, clients: tuple[str, ...],
 @cli.command()
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Emulator port (default: a free one).")
-@click.option("--lifetime", type=click.FloatRange(min=5), default=30, show_default=True,
+@click.option("--lifetime", type=Seconds(min=5), default=30, show_default=True,
               help="Token lifetime the emulator issues, in seconds.")
-@click.option("--duration", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+@click.option("--duration", type=Seconds(min=1), default=None, metavar="SECONDS",
               help="Stop by itself after this many seconds (CI, scripts); default: until Ctrl-C.")
 @pass_state
 @_errors

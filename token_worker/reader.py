@@ -5,27 +5,35 @@ redis and the standard library (no requests, no celery, no token client).
 A hit in the in-process cache costs a dict lookup; entries are dropped the
 moment a refresh publishes (Redis pub/sub), and are not served at all while
 that channel is down. Remaining lifetimes come from Redis's clock, counted down
-on the monotonic clock, so a host with a wrong wall clock still never gets an
-expired token and never refuses a valid one.
+on the monotonic clock from the moment the read was *sent* (so a late reply
+makes them err early), and never run past the ``expires_at`` inside the value
+(so a value replayed under a long key TTL dies at its own expiry). A host with a
+wrong wall clock still never gets an expired token and never refuses a valid one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
+from .diagnosis import diagnose, last_error
 from .exceptions import StoreError, TokenUnavailable
+from .invalidation import Invalidator
 from .store import TokenCodec, TokenStore, connect_redis, describe_redis
-from .tokens import Token, fingerprint
+from .tokens import Token, bounded_ttl, fingerprint
 
-__all__ = ["BearerAuth", "TokenReader"]
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["BearerAuth", "TokenReader", "gapless_min_ttl"]
 
 log = logging.getLogger("token_worker.reader")
 
@@ -37,55 +45,45 @@ DEFAULT_CACHE_MAX_AGE = 0.08
 # two lifetime readings of one stored value this close are the same (round-trip jitter)
 _SAME_DEADLINE = 0.05
 
+# every live reader, so a forked child gets fresh locks and state (see _after_fork)
+_READERS: weakref.WeakSet[TokenReader] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # a lock held by a parent thread at fork time stays held forever in the child
+    for reader in list(_READERS):
+        reader._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def gapless_min_ttl(config: Config, profile: str) -> float:
+    """The largest ``min_ttl`` (capped at the default) that leaves readers no gap.
+
+    At ``refresh_at`` the old token has at least ``margin`` seconds left (jitter only
+    moves ``refresh_at`` earlier). Beat notices within one ``interval``, and a
+    successful call is published within one request deadline (``timeout_seconds``,
+    enforced on the whole request). So the new token is in Redis while the old one
+    still has ``margin - interval - timeout`` left; a reader refusing less than that
+    never sees a window where the old token is refused and the new one is missing.
+    """
+    room = (config.margin_for(profile) - config.refresh.interval_seconds
+            - config.stitch.timeout_seconds)
+    return max(0.0, min(DEFAULT_MIN_TTL, room))
+
 
 @dataclass(slots=True)
 class _Entry:
     token: Token
-    read_at: float  # monotonic, when Redis answered
+    read_at: float  # monotonic, when the read was sent
     fresh_until: float  # monotonic: cache max age
 
 
-class _Invalidator(threading.Thread):
-    """Listens on the events channel and drops cache entries as tokens change."""
-
-    def __init__(self, reader: TokenReader) -> None:
-        super().__init__(name="token_worker-reader-invalidator", daemon=True)
-        self.reader = reader
-        self.healthy = False
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        backoff = 0.1
-        while not self.stopping.is_set():
-            pubsub = self.reader.store.pubsub(ignore_subscribe_messages=False)
-            try:
-                pubsub.subscribe(self.reader.store.keys.events())
-                while not self.stopping.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        # anything published before now was missed: start clean
-                        self.reader._invalidate_all()
-                        self.healthy = True
-                        backoff = 0.1
-                    elif message["type"] == "message":
-                        self.reader._invalidate(str(message["data"]).split(" ", 1)[0])
-            except Exception as exc:  # noqa: BLE001
-                # any failure (incl. a pool closed under us) means "channel down": the
-                # cache is off until we are resubscribed; the thread itself must live on
-                log.debug("invalidation channel down (%s); cache off until resubscribed",
-                          type(exc).__name__)
-            finally:
-                self.healthy = False
-                self.reader._invalidate_all()
-                with contextlib.suppress(Exception):  # already broken; we reconnect
-                    pubsub.close()
-            self.stopping.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
-
-    def stop(self) -> None:
-        self.stopping.set()
+def _with_deadline(token: Token, deadline: float) -> Token:
+    # positional, as Token.from_dict: this runs on uncached reads
+    return Token(token.access_token, token.token_type, token.scopes, token.issued_at,
+                 token.expires_at, token.refresh_at, deadline)
 
 
 class BearerAuth:
@@ -109,7 +107,10 @@ class TokenReader:
     Args:
         redis_url: the token store (``redis.url`` of the worker's config).
         prefix: the key namespace (``redis.prefix``).
-        min_ttl: refuse tokens with fewer seconds left than this.
+        min_ttl: refuse tokens with fewer seconds left than this (profiles without
+            an entry in ``min_ttls``).
+        min_ttls: per-profile ``min_ttl`` (``from_config`` sets it, see
+            :func:`gapless_min_ttl`).
         cache: keep tokens in process memory, invalidated on publish.
         serve_stale: when Redis is unreachable, keep serving the token last read
             while it still has ``min_ttl`` left.
@@ -124,6 +125,7 @@ class TokenReader:
         prefix: str = "stitch",
         *,
         min_ttl: float = DEFAULT_MIN_TTL,
+        min_ttls: Mapping[str, float] | None = None,
         cache: bool = True,
         cache_max_age: float = DEFAULT_CACHE_MAX_AGE,
         serve_stale: bool = True,
@@ -135,11 +137,19 @@ class TokenReader:
         self.store = TokenStore(client or connect_redis(redis_url, **redis_options), prefix,
                                 codec=codec)
         self.min_ttl = min_ttl
+        self.min_ttls = dict(min_ttls or {})
         self.cache_enabled = cache
         self.cache_max_age = cache_max_age
         self.serve_stale = serve_stale
         self.profiles = set(profiles) if profiles is not None else None
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()  # one invalidator thread, however many callers
+        self._reset()
+        _READERS.add(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._reset()
 
     def _reset(self) -> None:
@@ -153,14 +163,21 @@ class TokenReader:
         # racing to store can never pair one token's value with another's fields
         self._decoded: dict[str, tuple[str, Token]] = {}
         self._rejected: dict[str, str] = {}
-        self._invalidator: _Invalidator | None = None
+        self._invalidator: Invalidator | None = None
 
     @classmethod
     def from_config(cls, path: str | None = None, **options: Any) -> TokenReader:
-        """A reader with the worker's Redis settings; needs no credential on this host."""
+        """A reader with the worker's Redis settings; needs no credential on this host.
+
+        Each profile's ``min_ttl`` comes from the config (:func:`gapless_min_ttl`), so
+        rotations that succeed leave no gap; an explicit ``min_ttl=`` applies to all.
+        """
         from .config import load_config
 
         config = load_config(path)
+        if "min_ttl" not in options:
+            options.setdefault("min_ttls", {name: gapless_min_ttl(config, name)
+                                            for name in config.profiles})
         r = config.redis
         codec = None
         if r.encryption_keys_env or r.encryption_keys_file:
@@ -197,13 +214,23 @@ class TokenReader:
                 self._generation[profile] = self._generation.get(profile, 0) + 1
             self._cache.clear()
 
+    def min_ttl_for(self, profile: str) -> float:
+        """The ``min_ttl`` that applies to ``profile``."""
+        return self.min_ttls.get(profile, self.min_ttl)
+
     def _listening(self) -> bool:
         inv = self._invalidator
         if inv is not None and inv.healthy:
             return True  # healthy is cleared before the thread can exit: no is_alive() here
         if inv is None or not inv.is_alive():
-            self._invalidator = inv = _Invalidator(self)
-            inv.start()
+            # is_alive() is False until start() returns: checked again under the lock,
+            # else concurrent callers each start their own thread
+            with self._start_lock:
+                inv = self._invalidator
+                if inv is None or not inv.is_alive():
+                    inv = Invalidator(self)
+                    inv.start()
+                    self._invalidator = inv
         return inv.healthy
 
     # -- reading -------------------------------------------------------------
@@ -219,11 +246,11 @@ class TokenReader:
                 names the profile, the reason and the last refresh error.
         """
         if os.getpid() != self._pid:
-            self._reset()
+            self._after_fork()  # forked without the at-fork hook having run
         if self.cache_enabled:
             entry = self._cache.get(profile)
             now = time.monotonic()
-            if (entry is not None and self._alive(entry.token, entry.read_at, now)
+            if (entry is not None and self._alive(profile, entry.token, entry.read_at, now)
                     and now < entry.fresh_until and self._listening()):
                 return entry.token
         try:
@@ -243,12 +270,15 @@ class TokenReader:
 
     def _get(self, profile: str) -> Token:
         generation = self._generation.get(profile, 0)
+        # taken before the request: a reply delayed on its way back (a slow network, a
+        # descheduled process) shortens the deadline instead of stretching it
+        sent_at = time.monotonic()
         try:
-            value, ttl = self.store.read_raw(profile)
+            value, pttl, fleet_now = self.store.read_raw(profile)
         except (redis.RedisError, OSError):
             last = self._last.get(profile)
             if (self.serve_stale and last is not None
-                    and self._alive(last[0], last[1], time.monotonic())
+                    and self._alive(profile, last[0], last[1], time.monotonic())
                     and self._rejected.get(profile) != last[0].fingerprint):
                 return last[0]
             if self.profiles is not None and profile not in self.profiles:
@@ -256,27 +286,26 @@ class TokenReader:
             raise TokenUnavailable(profile, "redis_unreachable",
                                    f"Redis unreachable at {describe_redis(self.store.redis)}"
                                    ) from None
-        read_at = time.monotonic()
         if value is None:
             raise self._diagnose(profile)
         seen = self._decoded.get(profile)
         if seen is not None and seen[0] == value:
             # the value decoded last time (a token is read thousands of times per lifetime):
-            # same fields, so no json.loads or decryption. Both deadlines err early (PTTL
-            # plus the local clock once the answer is in); the object we hold is reused
+            # same fields, so no json.loads or decryption. The object we hold is reused
             # unless Redis now says less time is left, or clearly more (its clock stepped)
             token = seen[1]
-            deadline = time.monotonic() + ttl
+            deadline = sent_at + bounded_ttl(pttl, token.expires_at, fleet_now)
             if not token.deadline <= deadline <= token.deadline + _SAME_DEADLINE:
-                token = Token(token.access_token, token.token_type, token.scopes,
-                              token.issued_at, token.expires_at, token.refresh_at, deadline)
+                token = _with_deadline(token, deadline)
                 self._decoded[profile] = (value, token)
         else:
             try:
-                token = self.store.decode(profile, value, ttl)
+                decoded = self.store.decode(profile, value, pttl)
             except StoreError as exc:
                 reason = "encrypted" if "encrypt" in str(exc) else "unreadable"
                 raise TokenUnavailable(profile, reason, str(exc)) from None
+            token = _with_deadline(decoded, sent_at + bounded_ttl(pttl, decoded.expires_at,
+                                                                  fleet_now))
             self._decoded[profile] = (value, token)
         rejected = self._rejected.get(profile)
         # hashing the token only when a rejection is on record keeps reads cheap
@@ -284,20 +313,22 @@ class TokenReader:
             raise TokenUnavailable(profile, "rejected",
                                    "the current token was rejected by the API; waiting for "
                                    "its replacement")
-        if token.expires_in < self.min_ttl:
-            raise TokenUnavailable(profile, "expired",
-                                   f"the token expires in {token.expires_in:.1f}s, less than "
-                                   f"min_ttl {self.min_ttl:g}s", self._last_error(profile))
-        self._last[profile] = (token, read_at)
+        left = token.deadline - time.monotonic()
+        min_ttl = self.min_ttl_for(profile)
+        if left <= 0 or left < min_ttl:
+            why = (f"the token expires in {left:.1f}s, less than min_ttl {min_ttl:g}s"
+                   if left > 0 else "the stored token is past its expiry")
+            raise TokenUnavailable(profile, "expired", why, self._last_error(profile))
+        self._last[profile] = (token, sent_at)
         if self.cache_enabled:
             with self._lock:
                 # a publish seen since our read means this token may be stale already
                 if self._generation.get(profile, 0) == generation:
-                    self._cache[profile] = _Entry(token, read_at,
-                                                  read_at + self.cache_max_age)
+                    self._cache[profile] = _Entry(token, sent_at,
+                                                  sent_at + self.cache_max_age)
         return token
 
-    def _alive(self, token: Token, read_at: float, now: float) -> bool:
+    def _alive(self, profile: str, token: Token, read_at: float, now: float) -> bool:
         """Whether a token read earlier still has ``min_ttl`` left, by the local clock.
 
         Only a clock that went back since the read could stretch a deadline past what
@@ -305,43 +336,14 @@ class TokenReader:
         ``time.monotonic`` with its fake wall clock), so a reading from the future is
         not trusted: the caller asks Redis again.
         """
-        return read_at <= now and token.deadline - now >= self.min_ttl
+        left = token.deadline - now
+        return read_at <= now and left > 0 and left >= self.min_ttl_for(profile)
 
     def _last_error(self, profile: str) -> str | None:
-        try:
-            return self.store.status(profile).get("last_error") or None
-        except (redis.RedisError, OSError):
-            return None
+        return last_error(self.store, profile)
 
     def _diagnose(self, profile: str) -> TokenUnavailable:
-        """Why there is no token: unknown profile, never fetched, or expired."""
-        if self.profiles is not None and profile not in self.profiles:
-            known = ", ".join(sorted(self.profiles))
-            return TokenUnavailable(profile, "unknown_profile",
-                                    f"unknown profile (configured: {known})")
-        keys = self.store.keys
-        try:
-            pipe = self.store.redis.pipeline(transaction=False)
-            pipe.hgetall(keys.status(profile))
-            pipe.exists(keys.profiles())
-            pipe.hexists(keys.profiles(), profile)
-            pipe.time()  # ages on the fleet clock, as everything else here
-            status, registry, listed, (sec, usec) = pipe.execute()
-            now = sec + usec / 1_000_000
-        except (redis.RedisError, OSError):
-            status, registry, listed, now = {}, 0, False, time.time()
-        last_error = status.get("last_error") or None
-        if self.profiles is None and registry and not listed:
-            return TokenUnavailable(profile, "unknown_profile",
-                                    "unknown profile (no worker has it configured)")
-        if status.get("last_success_at"):
-            age = now - float(status["last_success_at"])
-            return TokenUnavailable(profile, "expired",
-                                    f"expired (last successful refresh {age:.0f}s ago)",
-                                    last_error)
-        return TokenUnavailable(profile, "never_fetched",
-                                "never fetched (is a token_worker worker running with beat?)",
-                                last_error)
+        return diagnose(self.store, profile, self.profiles)
 
     def _wait(self, profile: str, wait: float) -> Token:
         deadline = time.monotonic() + wait
@@ -375,9 +377,9 @@ class TokenReader:
     def report_rejected(self, profile: str, token: Token | str) -> bool:
         """Tell the fleet the API answered 401 for this token.
 
-        The first report of a given token makes the profile due at once (one
-        refresh, however many tasks report it); this reader stops serving that
-        token, so ``get(profile, wait=...)`` returns its replacement.
+        The first report of a given token writes its marker and tells the workers,
+        which refresh at once (once, however many tasks report it); this reader stops
+        serving that token, so ``get(profile, wait=...)`` returns its replacement.
 
         Returns:
             True when this call was the first report of that token.

@@ -2,7 +2,8 @@
 
 Used by ``status``, ``check``, the metrics sidecar and the demo. Needs no
 credential and does not decrypt anything: the fingerprint and refresh time come
-from the status record, the remaining lifetime from Redis's own TTL.
+from the status record, the remaining lifetime from Redis's own TTL. A token
+reported rejected (a 401) is ``refresh_due``, never ``valid``, however long it has.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ProfileStatus:
     last_error_code: str | None
     consecutive_failures: int
     now: float
+    rejected: bool = False  # the API answered 401 for the current token
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -50,7 +52,11 @@ class ProfileStatus:
 
 def read_statuses(config: Config, store: TokenStore,
                   profiles: list[str] | None = None) -> list[ProfileStatus]:
-    """Every (or the given) profile's status, in one Redis round trip."""
+    """Every (or the given) profile's status, in two Redis round trips.
+
+    The second checks the rejected markers, whose names hold the fingerprints the
+    first one reads. Needs only what the ``observer`` ACL user may do.
+    """
     names = profiles if profiles is not None else sorted(config.profiles)
     keys = store.keys
     pipe = store.redis.pipeline(transaction=False)
@@ -62,6 +68,7 @@ def read_statuses(config: Config, store: TokenStore,
     replies = pipe.execute()
     sec, usec = replies[0]
     now = sec + usec / 1_000_000
+    rejected = _rejected(store, names, replies)
     rows = []
     for i, name in enumerate(names):
         pttl, status, scheduled = replies[1 + 3 * i: 4 + 3 * i]
@@ -71,7 +78,7 @@ def read_statuses(config: Config, store: TokenStore,
             # the key dies with its token: fetched once and gone is expired, not missing
             expires_at = now
         refresh_at = _float(status.get("refresh_at"))
-        state = token_state(expires_at, refresh_at, now)
+        state = token_state(expires_at, refresh_at, now, rejected=name in rejected)
         rows.append(ProfileStatus(
             profile=name,
             scopes=list(config.profiles[name].scopes),
@@ -85,8 +92,25 @@ def read_statuses(config: Config, store: TokenStore,
             last_error_code=status.get("last_error_code") or None,
             consecutive_failures=int(status.get("consecutive_failures") or 0),
             now=now,
+            rejected=name in rejected,
         ))
     return rows
+
+
+def _rejected(store: TokenStore, names: list[str], replies: list[Any]) -> set[str]:
+    """The profiles whose current token (per its status record) was reported rejected."""
+    checked = []
+    for i, name in enumerate(names):
+        pttl, status = replies[1 + 3 * i], replies[2 + 3 * i]
+        fp = status.get("fingerprint")
+        if fp and pttl and pttl > 0:
+            checked.append((name, fp))
+    if not checked:
+        return set()
+    pipe = store.redis.pipeline(transaction=False)
+    for name, fp in checked:
+        pipe.exists(store.keys.rejected(name, fp))
+    return {name for (name, _), hit in zip(checked, pipe.execute(), strict=True) if hit}
 
 
 def certificate_expiries(config: Config) -> dict[str, tuple[str, float | None]]:
