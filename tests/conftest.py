@@ -86,3 +86,10 @@ def refresher(config: Config) -> Iterator[Refresher]:
     r = Refresher.from_config(config)
     yield r
     r.close()
+
+
+@pytest.fixture
+def no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's shell must not decide which config or Redis a test sees."""
+    for name in ("TOKEN_WORKER_REDIS_URL", "TOKEN_WORKER_BROKER_URL", "TOKEN_WORKER_CONFIG"):
+        monkeypatch.delenv(name, raising=False)

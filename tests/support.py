@@ -187,3 +187,29 @@ def record_publishes(url: str, stop: threading.Event, out: dict[str, list[float]
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+SECRET_CLIENT = {"client_id": CLIENT_ID, "client_secret_env": "STITCH_CLIENT_SECRET"}
+
+
+def config_data(**changes: Any) -> dict[str, Any]:
+    """A minimal valid config mapping, with top-level sections replaced by ``changes``."""
+    data: dict[str, Any] = {
+        "redis": {"url": "redis://127.0.0.1:6379/0"},
+        "clients": {"main": dict(SECRET_CLIENT)},
+        "profiles": {"payments": {"scopes": ["client_paymentrequest"]}},
+    }
+    data.update(changes)
+    return data
+
+
+def config_problems(data: dict[str, Any]) -> list[str]:
+    """The problems ``parse_config`` refuses ``data`` with (it must refuse it)."""
+    import pytest
+
+    from token_worker.config import parse_config
+    from token_worker.exceptions import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    return info.value.problems

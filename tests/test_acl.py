@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import socket
@@ -22,43 +21,8 @@ from token_worker.config import load_config
 from token_worker.emulator import Emulator
 from token_worker.refresh import Refresher
 
-from .support import REPO, RedisServer, free_port, wait_until, write_config
-
-ACL_FILE = REPO / "ops" / "redis-acl.conf"
-PASSWORDS = {"refresher": "refresher-pw-Xq7", "reader": "reader-pw-Lm2",
-             "observer": "observer-pw-Rk4", "admin": "admin-pw-Zt9"}
-
-
-class AclRedis(RedisServer):
-    """A private redis-server whose default user is off: readiness is checked as admin."""
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if self.as_user("admin").ping():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server on {self.port} did not start")
-
-    def as_user(self, user: str) -> redis.Redis:
-        return redis.Redis(port=self.port, username=user, password=PASSWORDS[user],
-                           decode_responses=True, socket_timeout=5)
-
-    def url_for(self, user: str) -> str:
-        return f"redis://{user}:{PASSWORDS[user]}@127.0.0.1:{self.port}/0"
-
-
-def acl_with_test_passwords(dest: Path) -> Path:
-    text = ACL_FILE.read_text()
-    for user, password in PASSWORDS.items():
-        placeholder = f"#{user.upper()}_PASSWORD_SHA256"
-        assert placeholder in text
-        text = text.replace(placeholder, "#" + hashlib.sha256(password.encode()).hexdigest())
-    dest.write_text(text)
-    return dest
+from .acl_support import ACL_FILE, AclRedis, acl_with_test_passwords
+from .support import free_port, wait_until, write_config
 
 
 @pytest.fixture(scope="module")

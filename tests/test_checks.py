@@ -16,7 +16,7 @@ from token_worker.config import config_warnings, parse_config
 from token_worker.exceptions import ConfigError
 from token_worker.store import connect_redis, describe_redis
 
-from .support import CLIENT_ID, write_config
+from .support import CLIENT_ID, config_data, config_problems, write_config
 
 CLIENT = {"client_id": CLIENT_ID, "client_secret_env": "STITCH_CLIENT_SECRET"}
 # what `openssl rand -base64` makes: every character URLs reserve, around distinctive pieces
@@ -24,24 +24,11 @@ PASSWORD = "Kq7Wz/Rt4Xp+Mn2=Lb9?Hv3#Jc6@Ds1:Fy8"
 PIECES = ("Kq7Wz", "Rt4Xp", "Mn2", "Lb9", "Hv3", "Jc6", "Ds1", "Fy8")
 
 
-def base(**changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {"redis": {"url": "redis://127.0.0.1:6379/0"},
-                            "clients": {"main": dict(CLIENT)},
-                            "profiles": {"payments": {"scopes": ["client_paymentrequest"]}}}
-    data.update(changes)
-    return data
+base = config_data
+problems_of = config_problems
 
 
-def problems_of(data: dict[str, Any]) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(data)
-    return info.value.problems
-
-
-@pytest.fixture(autouse=True)
-def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TOKEN_WORKER_REDIS_URL", "TOKEN_WORKER_BROKER_URL", "TOKEN_WORKER_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_env_overrides")
 
 
 def assert_hidden(text: str) -> None:

@@ -16,32 +16,13 @@ from token_worker.config import (
 )
 from token_worker.exceptions import ConfigError, TokenWorkerError
 
-from .support import CLIENT_ID, write_config
+from .support import CLIENT_ID, SECRET_CLIENT, config_data, config_problems, write_config
 
-SECRET_CLIENT = {"client_id": CLIENT_ID, "client_secret_env": "STITCH_CLIENT_SECRET"}
-
-
-def base(**changes: Any) -> dict[str, Any]:
-    """A minimal valid config mapping, with top-level sections replaced by ``changes``."""
-    data: dict[str, Any] = {
-        "redis": {"url": "redis://127.0.0.1:6379/0"},
-        "clients": {"main": dict(SECRET_CLIENT)},
-        "profiles": {"payments": {"scopes": ["client_paymentrequest"]}},
-    }
-    data.update(changes)
-    return data
+base = config_data
+problems_of = config_problems
 
 
-def problems_of(data: dict[str, Any]) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(data)
-    return info.value.problems
-
-
-@pytest.fixture(autouse=True)
-def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("TOKEN_WORKER_REDIS_URL", "TOKEN_WORKER_BROKER_URL", "TOKEN_WORKER_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_env_overrides")
 
 
 # -- the contract's example and defaults -------------------------------------------------

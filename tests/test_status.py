@@ -3,7 +3,6 @@ rejected (a 401 was reported) is refresh_due, never valid; under the shipped ACL
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -25,7 +24,8 @@ from token_worker.store import TokenStore
 from token_worker.tasks import wait_for_refresh
 from token_worker.tokens import TokenState
 
-from .support import REPO, RedisServer, write_config
+from .acl_support import AclRedis, acl_with_test_passwords
+from .support import write_config
 
 
 def report(redis_url: str, profile: str = "payments") -> str:
@@ -110,35 +110,9 @@ def test_refresh_wait_through_the_cli_exits_1_while_the_token_is_rejected(
 
 # -- under the shipped ACL users ----------------------------------------------------------
 
-PASSWORDS = {"refresher": "refresher-pw-Xq7", "reader": "reader-pw-Lm2",
-             "observer": "observer-pw-Rk4", "admin": "admin-pw-Zt9"}
-
-
-class AclRedis(RedisServer):
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port, username="admin",
-                               password=PASSWORDS["admin"]).ping():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server on {self.port} did not start")
-
-    def url_for(self, user: str) -> str:
-        return f"redis://{user}:{PASSWORDS[user]}@127.0.0.1:{self.port}/0"
-
-
 @pytest.fixture(scope="module")
 def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
-    text = (REPO / "ops" / "redis-acl.conf").read_text()
-    for user, password in PASSWORDS.items():
-        text = text.replace(f"#{user.upper()}_PASSWORD_SHA256",
-                            "#" + hashlib.sha256(password.encode()).hexdigest())
-    acl = tmp_path_factory.mktemp("acl") / "users.acl"
-    acl.write_text(text)
+    acl = acl_with_test_passwords(tmp_path_factory.mktemp("acl") / "users.acl")
     server = AclRedis(extra_args=["--aclfile", str(acl)]).start()
     yield server
     server.stop()

@@ -456,3 +456,12 @@ def test_repr_names_host_and_prefix_not_password(redis_server: object, redis_url
     store = TokenStore(redis.Redis.from_url("redis://:pw-hunter2@127.0.0.1:1/0"), "stitch")
     assert "pw-hunter2" not in repr(store)
     assert "127.0.0.1:1" in repr(store)
+
+
+def test_a_failure_after_a_newer_success_is_fenced_out(store: TokenStore) -> None:
+    # a holder paused past its lock wakes up to a timeout after another holder succeeded
+    started = store.time() - 5
+    store.publish("payments", make_token(store, 300))
+    assert store.record_failure("payments", store.time(), "timed out", "timeout",
+                                store.time() + 2, "lapsed-owner", started) is None
+    assert store.status("payments")["consecutive_failures"] == "0"

@@ -234,7 +234,7 @@ class Refresher:
         if issued is None:
             assert error is not None
             return self._failed(profile, error, current, calls, time.monotonic() - started,
-                                failures, owner)
+                                failures, owner, now)
         if current is not None and issued.access_token == current.access_token:
             # the server handed back the token it already gave us (some cache theirs):
             # nothing newer exists yet, so keep serving it and ask again after a backoff
@@ -242,7 +242,7 @@ class Refresher:
                 "the token endpoint returned the current token again (no newer token yet)",
                 error="token_unchanged", retryable=True)
             return self._failed(profile, same, current, calls, time.monotonic() - started,
-                                failures, owner)
+                                failures, owner, now)
         issued_at = now + sent_at
         expires_at = issued_at + issued.expires_in
         token = Token(
@@ -314,8 +314,8 @@ class Refresher:
         raise AssertionError("unreachable")  # the last iteration always returns
 
     def _failed(self, profile: str, exc: TokenRequestError | ConfigError, current: Token | None,
-                calls: int, duration: float, failures_before: int, owner: str = ""
-                ) -> RefreshResult:
+                calls: int, duration: float, failures_before: int, owner: str = "",
+                attempt_at: float | None = None) -> RefreshResult:
         if isinstance(exc, TokenRequestError):
             code, retryable, retry_after = exc.error, exc.retryable, exc.retry_after
             message = str(exc)
@@ -326,7 +326,8 @@ class Refresher:
         time_left = current.expires_at - now if current is not None else None
         delay = next_attempt_delay(failures_before + 1, retryable, time_left,
                                    self.config.refresh.interval_seconds, retry_after, self.rng)
-        recorded = self.store.record_failure(profile, now, message, code, now + delay, owner)
+        recorded = self.store.record_failure(profile, now, message, code, now + delay, owner,
+                                             attempt_at)
         if recorded is None:
             # our lock expired and another holder has it: its outcome is the one to keep
             log.info("refresh profile=%s outcome=done_elsewhere reason=lock taken over "

@@ -57,17 +57,22 @@ redis.call('PUBLISH', ARGV[5], ARGV[4] .. ' ' .. ARGV[6])
 return 1
 """
 
-# KEYS: status, schedule, lock   ARGV: owner, profile, next_attempt_at, field/value pairs
-# -> {consecutive failures now, previous error code}, or {-1, ''} when fenced out
+# KEYS: status, schedule, lock
+# ARGV: owner, profile, next_attempt_at, attempt started at, field/value pairs
+# -> {consecutive failures now, previous error code}, or {-1, ''} when fenced out: the
+# lock is another holder's, or a token issued after this attempt began is published
+# (a holder paused past its lock must not undo the success of the one that took over)
 FAIL = _TYPES + """
 want(KEYS[1], 'hash'); want(KEYS[2], 'zset'); want(KEYS[3], 'string')
 local lock = redis.call('GET', KEYS[3])
 if lock and lock ~= ARGV[1] then return {-1, ''} end
+local issued = tonumber(redis.call('HGET', KEYS[1], 'issued_at') or '')
+if issued and issued > tonumber(ARGV[4]) then return {-1, ''} end
 local previous = redis.call('HGET', KEYS[1], 'last_error_code') or ''
 local n = tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures') or '0') or 0
 n = math.floor(n) + 1
 redis.call('HSET', KEYS[1], 'consecutive_failures', n)
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 return {n, previous}
 """

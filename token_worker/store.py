@@ -311,9 +311,12 @@ class TokenStore:
 
     def record_failure(
         self, profile: str, now: float, message: str, code: str, next_attempt_at: float,
-        owner: str = "",
+        owner: str = "", started_at: float | None = None,
     ) -> tuple[int, str] | None:
         """Record a failed attempt and when to try next, unless fenced out.
+
+        ``started_at`` (fleet clock, default ``now``): a token issued after it fences the
+        record out too, so a holder paused past its lock cannot undo another's success.
 
         Returns:
             (consecutive failures now, the previous error code or ""), or None when the
@@ -322,7 +325,8 @@ class TokenStore:
         k = self.keys
         n, previous = self._fail(
             keys=[k.status(profile), k.schedule(), k.lock(profile)],
-            args=[owner, profile, repr(next_attempt_at), "last_attempt_at", repr(now),
+            args=[owner, profile, repr(next_attempt_at),
+                  repr(now if started_at is None else started_at), "last_attempt_at", repr(now),
                   "last_outcome", "failed", "last_error", message, "last_error_code", code,
                   "next_attempt_at", repr(next_attempt_at)],
         )

@@ -370,8 +370,15 @@ def test_a_paused_refresher_finishing_late_never_overwrites_the_newer_token(
     assert lock_ttl - 3 <= took <= lock_ttl + 3
 
     os.killpg(slow.proc.pid, signal.SIGCONT)
-    assert wait_until(lambda: "reason=newer token already published" in slow.log(), 20), \
+    # its late answer is refused: by the total deadline that ran out while it was frozen,
+    # by the issue order, or by the fence; whichever, its outcome does not overwrite the
+    # newer token nor the success recorded with it
+    assert wait_until(lambda: "outcome=done_elsewhere" in slow.log()
+                      and "superseded" in slow.log()
+                      or "reason=newer token already published" in slow.log(), 20), \
         slow.log()[-3000:]
+    assert rds.hget("stitch:status:payments", "last_outcome") != "failed"
+    assert rds.hget("stitch:status:payments", "consecutive_failures") == "0"
     time.sleep(0.5)
     assert json.loads(rds.get("stitch:token:payments") or "{}") == newer
     assert calls.calls("payments") == 2
