@@ -10,6 +10,7 @@ import redis
 from token_worker.config import Config, load_config
 from token_worker.emulator import Emulator
 from token_worker.refresh import Refresher
+from token_worker.store import TokenStore, connect_redis
 
 from .support import CLIENT_ID, SECRET, RedisServer, write_config
 
@@ -93,3 +94,10 @@ def no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     """The caller's shell must not decide which config or Redis a test sees."""
     for name in ("TOKEN_WORKER_REDIS_URL", "TOKEN_WORKER_BROKER_URL", "TOKEN_WORKER_CONFIG"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[TokenStore]:
+    client = connect_redis(redis_url)
+    yield TokenStore(client, "stitch")
+    client.close()

@@ -213,3 +213,15 @@ def config_problems(data: dict[str, Any]) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     return info.value.problems
+
+
+def make_token(store: Any, lifetime: float, *, access: str = "tok-A",
+               issued_ago: float = 0.0, refresh_in: float | None = None) -> Any:
+    """A token issued now (or ``issued_ago``) that lives ``lifetime`` seconds."""
+    from token_worker.tokens import Token
+
+    now = store.time()
+    issued_at = now - issued_ago
+    return Token(access_token=access, token_type="Bearer", scopes=("client_paymentrequest",),
+                 issued_at=issued_at, expires_at=now + lifetime,
+                 refresh_at=now + (refresh_in if refresh_in is not None else lifetime / 2))
