@@ -199,6 +199,7 @@ def test_observer_runs_status_check_and_metrics_reads_but_sees_no_token(
     assert runner.invoke(cli, ["--config", str(path), "check"]).exit_code == 0
     observer = server.as_user("observer")
     assert observer.pttl("stitch:lock:payments") == -2  # the metrics sidecar reads lock TTLs
+    assert observer.get("stitch:rejected:payments") is None  # status reads the 401 marker
     for command in (("GET", "stitch:token:payments"), ("SET", "stitch:token:payments", "x"),
                     ("SUBSCRIBE", "stitch:events"), ("EVALSHA_RO", "0" * 40, "0"),
                     ("GET", "other:key"), ("KEYS", "*")):

@@ -29,7 +29,7 @@ def test_contract_key_names() -> None:
 def test_every_key_lives_under_the_prefix() -> None:
     keys = Keys("pfx")
     names = [keys.token("p"), keys.status("p"), keys.lock("p"), keys.schedule(),
-             keys.profiles(), keys.rejected("p", "abc"), keys.events()]
+             keys.profiles(), keys.rejected("p"), keys.events()]
     assert all(name.startswith("pfx:") for name in names)
     assert len(set(names)) == len(names)
 

@@ -37,13 +37,10 @@ class Keys:
         """Hash: profile -> JSON of its public settings, so bare readers know it exists."""
         return f"{self.prefix}:profiles"
 
-    def rejected(self, profile: str, token_fingerprint: str) -> str:
-        """Marker that one token was reported rejected (401): dedups the refresh it causes."""
-        return f"{self.rejected_prefix()}{profile}:{token_fingerprint}"
-
-    def rejected_prefix(self) -> str:
-        """What every rejected marker starts with (the due script builds their names)."""
-        return f"{self.prefix}:rejected:"
+    def rejected(self, profile: str) -> str:
+        """The fingerprint of the profile's token last reported rejected (401): dedups the
+        refresh it causes; the only key a reader writes."""
+        return f"{self.prefix}:rejected:{profile}"
 
     def events(self) -> str:
         """Pub/sub channel: ``profile fingerprint`` on every publish or purge."""

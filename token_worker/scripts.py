@@ -8,9 +8,9 @@ with plain commands where it is absent.
 Every script checks the type of each key it touches before it writes anything:
 a key of the wrong type (an operator's typo, a hostile write) is deleted and
 rebuilt rather than left to make every refresh fail with WRONGTYPE halfway.
-Every key a script touches is passed in ``KEYS`` except the rejected marker,
-whose name depends on the fingerprint the status hash holds; it shares the
-prefix, so it lives wherever the prefix does.
+Every key a script touches is passed in ``KEYS``, except in the due script, which
+builds the per-profile names from the prefix (see there) and, as it only reads,
+treats a key of the wrong type as absent instead.
 """
 
 from __future__ import annotations
@@ -99,37 +99,64 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: schedule, then token and status of each configured profile, in ARGV's order
-# ARGV: rejected-marker prefix ("<prefix>:rejected:"), rejected cooldown seconds, profiles
+# KEYS: schedule   ARGV: key prefix, rejected cooldown seconds, profiles
+# The per-profile key names (Keys.token/status/rejected: "<prefix>:token:<profile>"...)
+# are built here, not passed: at 10,000 profiles sending 30,000 names cost more than the
+# check itself. They share the prefix with the schedule (its hash tag, in a cluster).
 # -> {now as "sec.usec", due profiles}
 # Due: the schedule's time has passed or it has none; or the token key is gone while no
 # failure backoff is running (evicted, lost in a failover, deleted by hand); or the
 # current token was reported rejected and no refresh a report caused ran within the
-# cooldown.
-DUE = _TYPES + """
-want(KEYS[1], 'zset')
+# cooldown. Keys of the wrong type read as absent. Needs Redis 6.2 (ZMSCORE).
+DUE = """
+local function read(...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then return nil end
+  return r
+end
+-- one command per 1,000 keys instead of one per key: the common tick (every token
+-- present, no report) then costs a handful of calls, whatever the profile count
+local n = #ARGV - 2
+local prefix = ARGV[1]
+local function key(kind, i) return prefix .. kind .. ARGV[i + 2] end
+local function count(kind)
+  local total = 0
+  for from = 1, n, 1000 do
+    local args = {}
+    for i = from, math.min(from + 999, n) do args[#args + 1] = key(kind, i) end
+    total = total + redis.call('EXISTS', unpack(args))
+  end
+  return total
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local cooldown = tonumber(ARGV[2])
-local due = {}
-for i = 3, #ARGV do
-  local p = ARGV[i]
-  local token, status = KEYS[2 * (i - 2)], KEYS[2 * (i - 2) + 1]
-  local score = tonumber(redis.call('ZSCORE', KEYS[1], p) or '')
-  local is_due = score == nil or score <= now
-  if not is_due and redis.call('TYPE', status)['ok'] == 'hash' then
-    local s = redis.call('HMGET', status, 'consecutive_failures', 'fingerprint',
-                         'rejected_refresh_at')
-    local failing = (tonumber(s[1] or '0') or 0) > 0
-    if redis.call('EXISTS', token) == 0 then
-      is_due = not failing
-    elseif s[2] and redis.call('EXISTS', ARGV[1] .. p .. ':' .. s[2]) == 1 then
-      is_due = now - (tonumber(s[3] or '0') or 0) >= cooldown
-    end
-  elseif not is_due and redis.call('EXISTS', token) == 0 then
-    is_due = true
+local scores = {}
+if redis.call('TYPE', KEYS[1])['ok'] == 'zset' then
+  for from = 1, n, 1000 do
+    local r = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, from + 2, math.min(from + 999, n) + 2))
+    for j = 1, #r do scores[from + j - 1] = r[j] end
   end
-  if is_due then due[#due + 1] = p end
+end
+local tokens = count(':token:')
+local markers = count(':rejected:')
+local due = {}
+for i = 1, n do
+  local score = tonumber(scores[i] or '')
+  local is_due = score == nil or score <= now
+  if not is_due and tokens < n and redis.call('EXISTS', key(':token:', i)) == 0 then
+    is_due = (tonumber(read('HGET', key(':status:', i), 'consecutive_failures') or '0')
+              or 0) <= 0
+  elseif not is_due and markers > 0 then
+    local reported = read('GET', key(':rejected:', i))
+    if reported then
+      local s = read('HMGET', key(':status:', i), 'fingerprint', 'rejected_refresh_at') or {}
+      if s[1] == reported then
+        is_due = now - (tonumber(s[2] or '0') or 0) >= cooldown
+      end
+    end
+  end
+  if is_due then due[#due + 1] = ARGV[i + 2] end
 end
 return {t[1] .. '.' .. string.format('%06d', tonumber(t[2])), due}
 """

@@ -108,9 +108,10 @@ def _rejected(store: TokenStore, names: list[str], replies: list[Any]) -> set[st
     if not checked:
         return set()
     pipe = store.redis.pipeline(transaction=False)
-    for name, fp in checked:
-        pipe.exists(store.keys.rejected(name, fp))
-    return {name for (name, _), hit in zip(checked, pipe.execute(), strict=True) if hit}
+    for name, _ in checked:
+        pipe.get(store.keys.rejected(name))
+    return {name for (name, fp), marked in zip(checked, pipe.execute(), strict=True)
+            if marked == fp}
 
 
 def certificate_expiries(config: Config) -> dict[str, tuple[str, float | None]]:

@@ -234,14 +234,17 @@ class TokenStore:
         listeners move the refresh forward; beat's due check sees the marker too, so a
         report made while no listener was connected is not lost.
         """
-        if not self.redis.set(self.keys.rejected(profile, token_fingerprint), "1",
-                              nx=True, ex=ttl):
+        # one command: the marker holds the fingerprint last reported, so the report of a
+        # token already reported changes nothing, and beat's due check reads one key
+        previous = self.redis.set(self.keys.rejected(profile), token_fingerprint, ex=ttl,
+                                  get=True)
+        if previous == token_fingerprint:
             return False
         self.redis.publish(self.keys.events(), f"{profile} rejected:{token_fingerprint}")
         return True
 
     def is_rejected(self, profile: str, token_fingerprint: str) -> bool:
-        return bool(self.redis.exists(self.keys.rejected(profile, token_fingerprint)))
+        return bool(self.redis.get(self.keys.rejected(profile)) == token_fingerprint)
 
     # -- schedule ------------------------------------------------------------
     def due(self, profiles: Iterable[str]) -> tuple[float, list[str]]:
@@ -253,12 +256,8 @@ class TokenStore:
         never touched: another worker's config may have them.
         """
         names = sorted(set(profiles))
-        k = self.keys
-        keys = [k.schedule()]
-        for name in names:
-            keys += [k.token(name), k.status(name)]
-        now_s, due = self._due(keys=keys, args=[k.rejected_prefix(), REJECTED_COOLDOWN_SECONDS,
-                                                *names])
+        now_s, due = self._due(keys=[self.keys.schedule()],
+                               args=[self.keys.prefix, REJECTED_COOLDOWN_SECONDS, *names])
         return float(now_s), list(due)
 
     def next_due(self, profile: str) -> float | None:
