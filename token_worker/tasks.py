@@ -42,6 +42,9 @@ log = logging.getLogger("token_worker.tasks")
 
 DUE_TASK = "token_worker.refresh_due"
 PROFILE_TASK = "token_worker.refresh_profile"
+# a refresh that reached a worker whose config lacks its profile is handed on this often
+UNKNOWN_PROFILE_HANDOFFS = 20
+UNKNOWN_PROFILE_COUNTDOWN = 0.1
 BEAT_ENTRY = "token_worker.refresh_due"
 # a beat tick older than this share of the interval is dropped: after an outage the
 # queued ticks must not run back to back (the next tick does the same work anyway)
@@ -97,7 +100,7 @@ def _reset_after_fork(**_: Any) -> None:
 worker_process_init.connect(_reset_after_fork, weak=False)
 
 
-def _refresh_profile(runtime: _Runtime, profile: str, force: bool,
+def _refresh_profile(runtime: _Runtime, task: Any, profile: str, force: bool,
                      requested_at: float | None, scheduled: bool = False) -> None:
     try:
         result = runtime.refresher().refresh_profile(
@@ -105,7 +108,14 @@ def _refresh_profile(runtime: _Runtime, profile: str, force: bool,
             requested_at=None if requested_at is None else float(requested_at),
             scheduled=bool(scheduled))
     except ConfigError as exc:
-        # e.g. a message sent before the profile was removed from the config
+        if task.request.retries < UNKNOWN_PROFILE_HANDOFFS:
+            # a worker whose config lacks the profile (a rolling deploy adding it, or
+            # another app on the queue): send it back for a worker that knows it, as a
+            # Celery retry so that workers of any version take the message
+            log.info("refresh profile=%s not in this worker's config; handing it on",
+                     profile)
+            raise task.retry(countdown=UNKNOWN_PROFILE_COUNTDOWN) from None
+        # e.g. a message sent before the profile was removed from every config
         log.warning("refresh profile=%s skipped: %s", profile, "; ".join(exc.problems))
         return
     except (redis.RedisError, OSError) as exc:
@@ -183,18 +193,18 @@ def register(app: Any, config: Config | None = None) -> None:
                                "acks_late": True, "reject_on_worker_lost": True,
                                "queue": queue}
 
-    def refresh_profile(profile: str, force: bool = False,
+    def refresh_profile(task: Any, profile: str, force: bool = False,
                         requested_at: float | None = None, scheduled: bool = False) -> None:
         """Refresh one profile if due (always when forced); returns nothing."""
-        _refresh_profile(runtime, profile, force, requested_at, scheduled)
+        _refresh_profile(runtime, task, profile, force, requested_at, scheduled)
 
     def refresh_due() -> None:
         """Fan out ``refresh_profile`` for every profile whose token is due."""
         _refresh_due(runtime, app, queue, fanout_expires)
 
     # a forced refresh may wait out another holder's lock, then make its own attempt
-    app.task(name=PROFILE_TASK, time_limit=2 * config.lock_ttl_seconds + 30,
-             **options)(refresh_profile)
+    app.task(name=PROFILE_TASK, time_limit=2 * config.lock_ttl_seconds + 30, bind=True,
+             max_retries=UNKNOWN_PROFILE_HANDOFFS, **options)(refresh_profile)
     app.task(name=DUE_TASK, **options)(refresh_due)
 
     def apply() -> None:

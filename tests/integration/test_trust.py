@@ -67,3 +67,22 @@ def test_workers_with_different_configs_never_undo_each_other(fleet: Fleet) -> N
         assert sorted(rds.hkeys("stitch:profiles")) == sorted(THREE)
     finally:
         bare.close()
+
+
+def test_a_refresh_reaching_a_worker_without_the_profile_is_handed_on(fleet: Fleet) -> None:
+    # both workers consume one queue: a refresh of the profile only the new config has
+    # lands on the old worker about half the time, and used to be dropped there
+    old = fleet.config("old.toml", interval=1,
+                       profiles={k: v for k, v in THREE.items() if k != "disbursements"})
+    new = fleet.config("new.toml", interval=1)
+    old_worker = fleet.start_worker(old)
+    fleet.start_worker(new, beat=False)
+    for worker in fleet.workers:
+        worker.wait_ready()
+    for attempt in range(6):
+        result = fleet.cli(new, "refresh", "disbursements", "--force", "--wait", "15",
+                           timeout=60)
+        assert result.returncode == 0, (attempt, result.stdout + result.stderr)
+    print(f"\n6 forced refreshes of a profile one of two workers lacks: all published; "
+          f"handed on {old_worker.log().count('handing it on')} times")
+    assert "refresh profile=disbursements skipped" not in old_worker.log()
