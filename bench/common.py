@@ -16,21 +16,19 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from token_worker.testing import RedisServer, Worker, celery_worker, free_port, worker_env
+from token_worker.testing.workers import child_pids
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # tests.support lives beside the package, not in it
-    sys.path.insert(0, str(REPO))
 
-from tests.support import RedisServer, free_port  # noqa: E402
-
-__all__ = ["REPO", "RedisServer", "Row", "free_port", "kill_tree", "machine", "percentile",
-           "print_rows", "redis_server", "spawn", "table"]
+__all__ = ["REPO", "RedisServer", "Row", "Worker", "bench_worker", "child_pids", "free_port",
+           "kill_tree", "machine", "percentile", "print_rows", "redis_server", "spawn", "table"]
 
 
 @dataclass
@@ -110,15 +108,9 @@ def median(values: Sequence[float]) -> float:
     return percentile(values, 50)
 
 
-@contextlib.contextmanager
-def redis_server(*extra_args: str) -> Iterator[RedisServer]:
-    """A private redis-server for the duration of the block (killed even on error)."""
-    server = RedisServer(extra_args=list(extra_args))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
+def redis_server(*extra_args: str) -> RedisServer:
+    """A private redis-server for a ``with`` block (stopped even on error)."""
+    return RedisServer(extra_args=list(extra_args))
 
 
 def spawn(args: list[str], *, env: dict[str, str] | None = None, log: Path | None = None,
@@ -199,63 +191,15 @@ def machine() -> dict[str, str]:
     }
 
 
-_READY = b" ready."
+def bench_worker(app: str, queues: str, env: dict[str, str], workdir: Path, name: str,
+                 *, pool: str = "prefork", concurrency: int = 1, beat: bool = False) -> Worker:
+    """A ``celery worker`` subprocess (no heartbeats: steadier CPU figures), not waited for.
 
-
-class CeleryWorker:
-    """One ``celery worker`` subprocess (its own process group) and its log file."""
-
-    def __init__(self, app: str, queues: str, env: dict[str, str], workdir: Path, name: str,
-                 *, pool: str = "prefork", concurrency: int = 1, beat: bool = False) -> None:
-        self.name = name
-        self.log = workdir / f"{name}.log"
-        cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues,
-               "--loglevel", "INFO", "-P", pool, "--concurrency", str(concurrency),
-               "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip",
-               "--without-heartbeat"]
-        if beat:
-            cmd += ["--beat", "--schedule", str(workdir / f"{name}-beat")]
-        full = dict(os.environ)
-        full.update(env)
-        full["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-        full["PYTHONUNBUFFERED"] = "1"
-        self.proc = spawn(cmd, env=full, log=self.log, cwd=workdir)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            if _READY in self.log.read_bytes():
-                return
-            time.sleep(0.1)
-        tail = self.log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"worker {self.name} did not start:\n{tail}")
-
-    def pids(self) -> list[int]:
-        return [self.proc.pid, *child_pids(self.proc.pid)]
-
-    def stop(self) -> None:
-        kill_tree(self.proc, grace=10)
-
-
-def child_pids(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in parents.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+    ``env`` is added to this process's environment; ``bench.*`` apps import from the repo.
+    """
+    return celery_worker(workdir, name, app=app, queues=queues, pool=pool,
+                         concurrency=concurrency, beat=beat, heartbeat=False,
+                         env=worker_env(env, pythonpath=[REPO]))
 
 
 def cpu_seconds(pids: list[int]) -> float:

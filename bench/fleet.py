@@ -20,7 +20,6 @@ refetches at the same M.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,20 @@ from urllib.parse import parse_qs
 from celery import Celery
 
 from token_worker import TokenReader
-from token_worker.emulator import KNOWN_SCOPES, Emulator
+from token_worker.constants import KNOWN_SCOPES
+from token_worker.testing import write_config as write_base_config
+from token_worker.testing.emulator import Emulator
 
-from .common import CeleryWorker, RedisServer, Row, discard, print_rows, redis_server, tempdir
+from .common import (
+    RedisServer,
+    Row,
+    Worker,
+    bench_worker,
+    discard,
+    print_rows,
+    redis_server,
+    tempdir,
+)
 
 NAME = "3 one call per lifetime"
 CLIENT_ID = "bench-client"
@@ -60,18 +70,11 @@ class RecordingEmulator(Emulator):
 def write_config(path: Path, *, redis_url: str, broker_url: str, token_url: str,
                  profiles: dict[str, str], margin: float, interval: float,
                  prefix: str = PREFIX, timeout: float = 5) -> Path:
-    lines = [
-        "[redis]", f'url = "{redis_url}"', f'prefix = "{prefix}"', "",
-        "[celery]", f'broker_url = "{broker_url}"', 'queue = "tokens"', "",
-        "[stitch]", f'token_url = "{token_url}"', f"timeout_seconds = {timeout}", "",
-        "[refresh]", f"margin_seconds = {margin}", f"interval_seconds = {interval}", "",
-        "[clients.main]", f'client_id = "{CLIENT_ID}"',
-        'client_secret_env = "STITCH_CLIENT_SECRET"', "",
-    ]
-    for name, scope in profiles.items():
-        lines += [f"[profiles.{name}]", f"scopes = {json.dumps([scope])}", ""]
-    path.write_text("\n".join(lines))
-    return path
+    """The benchmark config: one secret client, one scope per profile, queue ``tokens``."""
+    return write_base_config(path, redis_url=redis_url, broker_url=broker_url, queue="tokens",
+                          token_url=token_url, prefix=prefix, timeout=timeout, margin=margin,
+                          interval=interval, client_id=CLIENT_ID,
+                          profiles={name: [scope] for name, scope in profiles.items()})
 
 
 def duplicates(call_log: list[tuple[float, str]], window: float) -> tuple[int, int]:
@@ -97,7 +100,7 @@ def run_fleet(server: RedisServer, workers: int, *, profiles: int, lifetime: flo
     base = store_url.rsplit("/", 1)[0]
     admin = server.client()
     admin.flushall()
-    procs: list[CeleryWorker] = []
+    procs: list[Worker] = []
     producer = Celery("bench_sender", broker=f"{base}/2", set_as_current=False)
     producer.conf.update(task_serializer="json", accept_content=["json"],
                          task_ignore_result=True)
@@ -107,7 +110,7 @@ def run_fleet(server: RedisServer, workers: int, *, profiles: int, lifetime: flo
                               profiles=names, margin=margin, interval=interval)
         common = {"STITCH_CLIENT_SECRET": SECRET, "TOKEN_WORKER_CONFIG": str(config)}
         for i in range(workers):
-            procs.append(CeleryWorker("token_worker.celery_app", "tokens", common, tmp,
+            procs.append(bench_worker("token_worker.celery_app", "tokens", common, tmp,
                                       f"tw{i}", concurrency=1, beat=True))
         for strategy in STRATEGIES:
             env = {**common, "BENCH_BROKER_URL": f"{base}/2", "BENCH_QUEUE": f"pay_{strategy}",
@@ -115,7 +118,7 @@ def run_fleet(server: RedisServer, workers: int, *, profiles: int, lifetime: flo
                    "BENCH_MARGIN": str(margin), "BENCH_STORE_URL": store_url,
                    "BENCH_PREFIX": PREFIX, "BENCH_COUNTERS": f"bench:counters:{strategy}"}
             for i in range(workers):
-                procs.append(CeleryWorker("bench.baselines", f"pay_{strategy}", env, tmp,
+                procs.append(bench_worker("bench.baselines", f"pay_{strategy}", env, tmp,
                                           f"{strategy}{i}", concurrency=2))
         for p in procs:
             p.wait_ready()

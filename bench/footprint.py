@@ -24,9 +24,9 @@ from token_worker.store import TokenStore, connect_redis
 
 from .common import (
     REPO,
-    CeleryWorker,
     RedisServer,
     Row,
+    bench_worker,
     discard,
     median,
     memory_kib,
@@ -150,7 +150,7 @@ def _worker_memory(server: RedisServer, app: str, profiles: int, settle: float
                           margin=600, interval=1)
     env = {"STITCH_CLIENT_SECRET": SECRET, "TOKEN_WORKER_CONFIG": str(config),
            "BENCH_BROKER_URL": server.url.rsplit("/", 1)[0] + "/1", "BENCH_CLIENT_ID": CLIENT_ID}
-    worker = CeleryWorker(app, "tokens", env, tmp, "rss", concurrency=2, beat=True)
+    worker = bench_worker(app, "tokens", env, tmp, "rss", concurrency=2, beat=True)
     try:
         worker.wait_ready()
         time.sleep(settle)  # a few beat ticks and due checks

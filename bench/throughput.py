@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import argparse
 import re
-import threading
 import time
 from typing import Any
 
-import redis
-
-from token_worker.emulator import KNOWN_SCOPES
+from token_worker.constants import KNOWN_SCOPES
+from token_worker.events import Event
 from token_worker.store import TokenStore, connect_redis
+from token_worker.subscriber import Subscriber
 from token_worker.tokens import Token
 
 from .common import (
-    CeleryWorker,
     RedisServer,
     Row,
+    Worker,
+    bench_worker,
     cpu_seconds,
     discard,
     print_rows,
@@ -59,30 +59,28 @@ def _set_tokens(store: TokenStore, names: list[str], issued: float, expires: flo
 
 
 class _Published:
-    """Listens on the events channel: when each profile's token was (re)published."""
+    """When each profile's token was first (re)published, heard on the events channel."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        self.client = redis.Redis.from_url(url, decode_responses=True)
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(f"{prefix}:events")
+        self.store = TokenStore(connect_redis(url), prefix)
         self.times: dict[str, float] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        self.subscriber = Subscriber(self.store, self._heard, name="bench-published")
+        self.subscriber.start()
+        if not self.subscriber.subscribed.wait(5):
+            raise RuntimeError("the events channel did not subscribe")
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            msg = self.pubsub.get_message(timeout=0.1)
-            if msg and msg["type"] == "message":
-                profile, _, what = msg["data"].partition(" ")
-                if what and ":" not in what and what != "purged":
-                    self.times.setdefault(profile, time.monotonic())
+    def _heard(self, event: Event) -> None:
+        if event.kind == "published":
+            self.times.setdefault(event.profile, time.monotonic())
+
+    def wait(self, n: int, deadline: float) -> None:
+        """Until ``n`` profiles were published, or the (monotonic) deadline."""
+        # re-checked often: the last event may reach this wait before the recorder
+        self.store.wait_for(lambda: len(self.times) >= n, deadline, every=0.1)
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.pubsub.close()
-        self.client.close()
+        self.subscriber.stop(5)
+        self.store.redis.close()
 
 
 def burst(server: RedisServer, workers: int, n: int, pool: str, concurrency: int,
@@ -94,7 +92,7 @@ def burst(server: RedisServer, workers: int, n: int, pool: str, concurrency: int
     emu.set_latency(LATENCY)
     names = _profiles(n)
     store = TokenStore(connect_redis(server.url), PREFIX)
-    procs: list[CeleryWorker] = []
+    procs: list[Worker] = []
     published: _Published | None = None
     try:
         now = store.time()
@@ -106,7 +104,7 @@ def burst(server: RedisServer, workers: int, n: int, pool: str, concurrency: int
                               interval=interval)
         env = {"STITCH_CLIENT_SECRET": SECRET, "TOKEN_WORKER_CONFIG": str(config)}
         for i in range(workers):
-            procs.append(CeleryWorker("token_worker.celery_app", "tokens", env, tmp, f"tw{i}",
+            procs.append(bench_worker("token_worker.celery_app", "tokens", env, tmp, f"tw{i}",
                                       pool=pool, concurrency=concurrency, beat=i == 0))
         for p in procs:
             p.wait_ready()
@@ -120,16 +118,14 @@ def burst(server: RedisServer, workers: int, n: int, pool: str, concurrency: int
         t0_fleet = now + 0.3
         _set_tokens(store, list(names), now - 3000, now + 600, t0_fleet, now)
         t0 = time.monotonic() + (t0_fleet - store.time())
-        deadline = time.monotonic() + 120
-        while len(published.times) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
+        published.wait(n, time.monotonic() + 120)
         done = len(published.times)
         last = max(published.times.values()) if published.times else float("nan")
         first_call = min((t for t, _ in emu.call_log), default=float("nan"))
         cpu = cpu_seconds(pids) - cpu0
         stats = emu.stats()
         time.sleep(0.5)  # the last task's "succeeded" line
-        tasks = sum(len(re.findall(rb"refresh_profile\[[^\]]*\] received", p.log.read_bytes()))
+        tasks = sum(len(re.findall(rb"refresh_profile\[[^\]]*\] received", p.log_path.read_bytes()))
                     for p in procs)
         return {"done": done, "from_t0": last - t0, "from_first_call": last - first_call,
                 "tick_wait": first_call - t0, "calls": stats["calls"],
@@ -154,7 +150,7 @@ def steady(server: RedisServer, workers: int, n: int, pool: str, concurrency: in
     emu = RecordingEmulator(clients={CLIENT_ID: SECRET}, expires_in=lifetime).start()
     emu.set_latency(LATENCY)
     names = _profiles(n)
-    procs: list[CeleryWorker] = []
+    procs: list[Worker] = []
     try:
         config = write_config(tmp / "token_worker.toml", redis_url=server.url,
                               broker_url=server.url.rsplit("/", 1)[0] + "/1",
@@ -162,7 +158,7 @@ def steady(server: RedisServer, workers: int, n: int, pool: str, concurrency: in
                               interval=interval)
         env = {"STITCH_CLIENT_SECRET": SECRET, "TOKEN_WORKER_CONFIG": str(config)}
         for i in range(workers):
-            procs.append(CeleryWorker("token_worker.celery_app", "tokens", env, tmp, f"tw{i}",
+            procs.append(bench_worker("token_worker.celery_app", "tokens", env, tmp, f"tw{i}",
                                       pool=pool, concurrency=concurrency, beat=i == 0))
         for p in procs:
             p.wait_ready()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import redis
@@ -18,16 +17,8 @@ PASSWORDS = {"refresher": "refresher-pw-Xq7", "reader": "reader-pw-Lm2",
 class AclRedis(RedisServer):
     """A private redis-server whose default user is off: readiness is checked as admin."""
 
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if self.as_user("admin").ping():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server on {self.port} did not start")
+    def ready_client(self) -> redis.Redis:
+        return self.as_user("admin")
 
     def as_user(self, user: str) -> redis.Redis:
         return redis.Redis(port=self.port, username=user, password=PASSWORDS[user],

@@ -8,9 +8,9 @@ import pytest
 import redis
 
 from token_worker.config import Config, load_config
-from token_worker.emulator import Emulator
 from token_worker.refresh import Refresher
 from token_worker.store import TokenStore, connect_redis
+from token_worker.testing.emulator import Emulator
 
 from .support import CLIENT_ID, SECRET, RedisServer, write_config
 

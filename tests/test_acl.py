@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from token_worker import TokenReader
 from token_worker.cli import cli
 from token_worker.config import load_config
-from token_worker.emulator import Emulator
 from token_worker.refresh import Refresher
+from token_worker.testing.emulator import Emulator
 
 from .acl_support import ACL_FILE, AclRedis, acl_with_test_passwords
 from .support import free_port, wait_until, write_config

@@ -15,9 +15,9 @@ from click.testing import CliRunner, Result
 
 from token_worker.cli import cli
 from token_worker.config import load_config
-from token_worker.emulator import Emulator
 from token_worker.reader import TokenReader
 from token_worker.refresh import Refresher
+from token_worker.testing.emulator import Emulator
 from token_worker.tokens import fingerprint
 
 from .support import REPO, SECRET, RedisServer, env_with, free_port, python, write_config

@@ -9,8 +9,8 @@ import redis
 from click.testing import CliRunner, Result
 
 from token_worker.cli import cli
-from token_worker.emulator import Emulator
 from token_worker.refresh import Refresher
+from token_worker.testing.emulator import Emulator
 
 from .support import RedisServer, write_config
 

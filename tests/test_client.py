@@ -17,8 +17,8 @@ import requests
 from token_worker import __version__
 from token_worker.client import TokenClient, can_retry, parse_retry_after
 from token_worker.config import ClientSettings, Config, load_config
-from token_worker.emulator import Emulator
 from token_worker.exceptions import ConfigError, TokenRequestError
+from token_worker.testing.emulator import Emulator
 
 from .http_servers import Canned
 from .support import CLIENT_ID, SECRET, free_port, write_config

@@ -28,8 +28,9 @@ from token_worker.credentials import (
     certificate_problems,
     load_certificate,
 )
-from token_worker.emulator import Emulator
 from token_worker.exceptions import ConfigError
+from token_worker.testing import write_config as write_base_config
+from token_worker.testing.emulator import Emulator
 
 from . import pki
 from .support import CLIENT_ID, SECRET
@@ -62,31 +63,13 @@ def emu(cert: Any) -> Iterator[Emulator]:
 
 
 def write_config(path: Path, *, redis_url: str, token_url: str, certificate_file: Path) -> Path:
-    path.write_text(f"""
-[redis]
-url = "{redis_url}"
-
-[stitch]
-token_url = "{token_url}"
-timeout_seconds = 5
-
-[clients.main]
-client_id = "{CLIENT_ID}"
-client_secret_env = "STITCH_CLIENT_SECRET"
-
-[clients.certified]
-client_id = "{CERT_CLIENT_ID}"
-certificate_file = "{certificate_file}"
-
-[profiles.payments]
-client = "main"
-scopes = ["client_paymentrequest"]
-
-[profiles.disbursements]
-client = "certified"
-scopes = ["{SCOPE}"]
-""")
-    return path
+    return write_base_config(
+        path, redis_url=redis_url, token_url=token_url,
+        clients={"main": {"client_id": CLIENT_ID, "client_secret_env": "STITCH_CLIENT_SECRET"},
+                 "certified": {"client_id": CERT_CLIENT_ID,
+                               "certificate_file": str(certificate_file)}},
+        profiles={"payments": {"client": "main", "scopes": ["client_paymentrequest"]},
+                  "disbursements": {"client": "certified", "scopes": [SCOPE]}})
 
 
 def run(*args: str) -> Any:

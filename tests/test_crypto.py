@@ -17,9 +17,9 @@ from token_worker import TokenReader, TokenUnavailable
 from token_worker.cli import cli
 from token_worker.config import load_config, parse_config
 from token_worker.crypto import AesGcmCodec, generate_key, parse_keys
-from token_worker.emulator import Emulator
 from token_worker.exceptions import ConfigError
 from token_worker.refresh import Refresher
+from token_worker.testing.emulator import Emulator
 
 from .support import RedisServer, write_config
 

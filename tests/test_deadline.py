@@ -16,8 +16,8 @@ import requests
 
 from token_worker.client import MAX_BODY_BYTES, TokenClient
 from token_worker.config import ClientSettings, Config
-from token_worker.emulator import Emulator
 from token_worker.exceptions import TokenRequestError
+from token_worker.testing.emulator import Emulator
 
 from .http_servers import Canned, self_signed, trickle
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from token_worker.emulator import KNOWN_SCOPES, Emulator
+from token_worker.testing.emulator import KNOWN_SCOPES, Emulator
 
 CLIENT_ID = "test-7a1c"
 SECRET = "s3cret-7a1c-do-not-leak"
@@ -285,7 +285,7 @@ def serving(clients: dict[str, str] | None, expires_in: float) -> Iterator[subpr
     """`serve()` in a child process, as `token-worker emulator` runs it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    code = ("from token_worker.emulator import serve; "
+    code = ("from token_worker.testing.emulator import serve; "
             f"serve('127.0.0.1', 0, clients={clients!r}, expires_in={expires_in!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)

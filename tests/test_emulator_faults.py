@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from token_worker.emulator import FAULT_MODES, Emulator
+from token_worker.testing.emulator import FAULT_MODES, Emulator
 
 from .test_emulator import CLIENT_ID, SECRET, api, control, form, post
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from token_worker.emulator import Emulator
+from token_worker.testing.emulator import Emulator
 
 from .test_emulator import CLIENT_ID, REPO, SECRET, form, post
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -11,9 +12,9 @@ import pytest
 
 from token_worker import TokenReader, TokenUnavailable
 from token_worker.config import Config, load_config
-from token_worker.emulator import Emulator
 from token_worker.listener import Listener
 from token_worker.refresh import Refresher
+from token_worker.testing.emulator import Emulator
 
 from .support import RedisServer, wait_until, write_config
 
@@ -145,3 +146,28 @@ def test_listener_survives_an_unexpected_error_and_keeps_refreshing(
     finally:
         listener.stop(5)
         listener.refresher.close()
+
+
+def test_listener_warns_once_per_outage_however_often_it_retries(
+        tmp_path: Path, emulator: Emulator, secret_env: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    server = RedisServer().start()
+    try:
+        path = write_config(tmp_path / "tw.toml", redis_url=server.url, token_url=emulator.url)
+        listener = start(load_config(path))
+        try:
+            with caplog.at_level(logging.WARNING, logger="token_worker.listener"):
+                for _ in range(2):
+                    server.kill()
+                    assert wait_until(lambda: not listener.subscribed.is_set(), 5)
+                    time.sleep(2.5)  # several reconnect attempts (backoff up to 1s)
+                    server.start()
+                    assert listener.subscribed.wait(5)
+            unreachable = [r for r in caplog.records if "unreachable, retrying" in r.message]
+            assert len(unreachable) == 2, [r.message for r in caplog.records]
+            assert listener.is_alive()
+        finally:
+            listener.stop(5)
+            listener.refresher.close()
+    finally:
+        server.kill()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from token_worker.emulator import Emulator
+from token_worker.testing.emulator import Emulator
 
 from .support import SECRET, env_with
 

@@ -21,8 +21,8 @@ from prometheus_client.samples import Sample
 
 from token_worker import metrics
 from token_worker.config import Config, load_config
-from token_worker.emulator import Emulator
 from token_worker.refresh import Refresher
+from token_worker.testing.emulator import Emulator
 
 from .support import REPO, env_with, free_port, wait_until
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import token_worker
-from token_worker.emulator import Emulator
 from token_worker.refresh import Refresher
+from token_worker.testing.emulator import Emulator
 
 from .support import env_with, python
 

@@ -14,9 +14,9 @@ import requests
 
 from token_worker import TokenReader, TokenUnavailable, TokenWorkerError
 from token_worker.config import load_config
-from token_worker.emulator import Emulator
 from token_worker.refresh import Outcome, Refresher
 from token_worker.store import TokenStore, connect_redis
+from token_worker.testing.emulator import Emulator
 from token_worker.tokens import Token
 
 from .support import RedisServer, free_port, wait_until, write_config
@@ -248,6 +248,31 @@ def test_get_with_wait_gives_up_at_the_deadline(reader: TokenReader) -> None:
     err = unavailable(reader, wait=0.4)
     assert err.reason == "never_fetched"
     assert 0.35 <= time.monotonic() - started < 2
+
+
+def test_get_with_wait_on_an_unreachable_redis_says_so_at_once() -> None:
+    reader = TokenReader(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
+    started = time.monotonic()
+    err = unavailable(reader, wait=10)
+    assert err.reason == "redis_unreachable"
+    assert time.monotonic() - started < 5  # not the whole wait
+    reader.close()
+
+
+def test_get_with_wait_reports_the_last_reason_when_redis_dies_meanwhile() -> None:
+    server = RedisServer().start()
+    reader = TokenReader(server.url, socket_timeout=1)
+    try:
+        timer = threading.Timer(0.3, server.kill)
+        started = time.monotonic()
+        timer.start()
+        err = unavailable(reader, wait=10)
+        timer.join()
+        assert err.reason == "never_fetched"  # what the last check found, as before
+        assert time.monotonic() - started < 5
+    finally:
+        reader.close()
+        server.kill()
 
 
 def test_serves_the_last_token_while_redis_is_down(emulator: Emulator) -> None:

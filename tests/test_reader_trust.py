@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from token_worker import TokenReader, TokenUnavailable
-from token_worker.emulator import Emulator
 from token_worker.invalidation import THREAD_NAME, Invalidator
 from token_worker.refresh import Refresher
+from token_worker.testing.emulator import Emulator
 
 from .support import wait_until, write_config
 

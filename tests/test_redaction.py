@@ -23,10 +23,10 @@ from token_worker.config import (
 )
 from token_worker.credentials import build_assertion, load_certificate
 from token_worker.crypto import AesGcmCodec, generate_key, parse_keys
-from token_worker.emulator import Emulator
 from token_worker.exceptions import ConfigError, TokenRequestError
 from token_worker.refresh import Refresher
 from token_worker.store import TokenStore, connect_redis
+from token_worker.testing.emulator import Emulator
 from token_worker.tokens import Token
 
 from . import pki

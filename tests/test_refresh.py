@@ -14,11 +14,11 @@ import redis
 
 from token_worker.backoff import BACKOFF_MAX_SECONDS, BACKOFF_MAX_WITHOUT_TOKEN
 from token_worker.config import Config, load_config
-from token_worker.emulator import Emulator
 from token_worker.exceptions import ConfigError
 from token_worker.reader import TokenReader
 from token_worker.refresh import Outcome, Refresher, RefreshResult
 from token_worker.store import TokenStore
+from token_worker.testing.emulator import Emulator
 from token_worker.tokens import Token
 
 from .support import REPO, env_with, free_port, python, wait_until, write_config

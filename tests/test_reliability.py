@@ -22,9 +22,9 @@ from freezegun import freeze_time
 from token_worker import TokenReader, TokenUnavailable
 from token_worker.backoff import BACKOFF_MAX_WITHOUT_TOKEN, RETRY_SLEEP_CAP, next_attempt_delay
 from token_worker.config import load_config
-from token_worker.emulator import Emulator
 from token_worker.refresh import Outcome, Refresher
 from token_worker.store import TokenStore
+from token_worker.testing.emulator import Emulator
 from token_worker.tokens import Token
 
 from .support import REPO, env_with, python, write_config

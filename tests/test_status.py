@@ -17,12 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from token_worker import TokenReader, metrics
 from token_worker.cli import cli
 from token_worker.config import Config, load_config
-from token_worker.emulator import Emulator
 from token_worker.refresh import Refresher
 from token_worker.status import read_statuses
 from token_worker.store import TokenStore
-from token_worker.tasks import wait_for_refresh
+from token_worker.testing.emulator import Emulator
 from token_worker.tokens import TokenState
+from token_worker.waiting import wait_for_refresh
 
 from .acl_support import AclRedis, acl_with_test_passwords
 from .support import write_config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,8 @@ from click.testing import CliRunner
 
 from token_worker import TokenReader, TokenUnavailable
 from token_worker.cli import cli
-from token_worker.emulator import Emulator
 from token_worker.store import connect_redis
+from token_worker.testing.emulator import Emulator
 
 from . import pki
 from .support import RedisServer, free_port, write_config
@@ -78,17 +77,6 @@ class TlsRedis(RedisServer):
                            ssl_ca_certs=str(self.certs.ca), ssl_check_hostname=False,
                            ssl_certfile=str(self.certs.client_cert),
                            ssl_keyfile=str(self.certs.client_key), socket_timeout=5)
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if self.client().ping():
-                    return
-            except (redis.RedisError, OSError):
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"TLS redis-server on {self.port} did not start")
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,17 @@ import time
 
 import click
 
-from .cli_support import EXIT_FAILED, EXIT_OK, Fail, Seconds, State, Usage, render_certificates
+from .cli_support import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Fail,
+    Seconds,
+    State,
+    Usage,
+    render_certificates,
+    render_table,
+)
 from .cli_support import errors as _errors
-from .cli_support import render_table as render_table  # demo.py renders with it
 from .config import Config, config_warnings, credential_problems, redact_url
 from .exceptions import ConfigError
 from .status import certificate_expiries, read_statuses
@@ -155,7 +163,8 @@ def _refresh_local(config: Config, names: list[str], force: bool, wait: float | 
 
 
 def _refresh_remote(state: State, names: list[str], force: bool, wait: float | None) -> None:
-    from .tasks import send_refresh, wait_for_refresh
+    from .dispatch import send_refresh
+    from .waiting import wait_for_refresh
 
     store = state.store()
     requested_at = store.time()
@@ -263,7 +272,7 @@ def keygen(kid: str | None) -> None:
 def worker(state: State, concurrency: int | None, no_beat: bool,
            celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker with embedded beat on the configured queue."""
-    from .tasks import run_worker
+    from .worker import run_worker
 
     config = state.config
     problems = credential_problems(config)
@@ -289,7 +298,7 @@ def emulator(host: str, port: int, expires_in: float, clients: tuple[str, ...],
     import os
     from pathlib import Path
 
-    from .emulator import MAX_EXPIRES_IN, serve
+    from .testing.emulator import MAX_EXPIRES_IN, serve
 
     if expires_in > MAX_EXPIRES_IN:  # the Emulator refuses it; say which option is wrong
         raise Usage(f"--expires-in: at most {MAX_EXPIRES_IN} seconds")

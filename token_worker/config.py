@@ -27,18 +27,18 @@ from pydantic import (
     field_validator,
 )
 
-from .checks import (
+from .checks import config_warnings, credential_problems, key_text, raw_problems
+from .constants import (
+    DEFAULT_PATH,
+    DEFAULT_TOKEN_URL,
+    ENV_BROKER_URL,
+    ENV_CONFIG,
+    ENV_REDIS_URL,
     KNOWN_SCOPES,
-    broker_url_problem,
-    config_warnings,
-    credential_problems,
-    key_text,
-    raw_problems,
-    redact_url,
-    redis_url_problem,
-    token_url_problem,
+    MAX_MARGIN,
 )
 from .exceptions import ConfigError
+from .urls import broker_url_problem, redact_url, redis_url_problem, token_url_problem
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
@@ -56,13 +56,7 @@ __all__ = [
 
 log = logging.getLogger("token_worker.config")
 
-DEFAULT_TOKEN_URL = "https://secure.stitch.money/connect/token"  # noqa: S105 (a URL)
-DEFAULT_PATH = "token_worker.toml"
-ENV_CONFIG = "TOKEN_WORKER_CONFIG"
-ENV_REDIS_URL = "TOKEN_WORKER_REDIS_URL"
-ENV_BROKER_URL = "TOKEN_WORKER_BROKER_URL"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
-MAX_MARGIN = 604800.0  # the longest token lifetime Stitch may grant (7 days)
 
 
 def _bounded(default: float | None, *, gt: float | None = None, ge: float | None = None,

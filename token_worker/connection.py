@@ -11,6 +11,9 @@ from typing import Any
 
 import redis
 
+from .exceptions import ConfigError
+from .urls import redis_url_problem
+
 __all__ = ["connect_redis", "describe_redis"]
 
 log = logging.getLogger("token_worker.store")
@@ -32,9 +35,6 @@ def connect_redis(
     Raises:
         ConfigError: the URL cannot be used (one line; the URL is never quoted).
     """
-    from .checks import redis_url_problem
-    from .exceptions import ConfigError
-
     problem = redis_url_problem(url, tls_params=False)
     if problem:
         raise ConfigError([f"redis url: {problem}"])

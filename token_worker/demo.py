@@ -9,14 +9,11 @@ anything left of its process group, then the private Redis.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,24 +21,18 @@ import time
 import tomllib
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import Any
 
 import redis
 
-from .config import (
-    DEFAULT_PATH,
-    ENV_BROKER_URL,
-    ENV_REDIS_URL,
-    Config,
-    load_config,
-    parse_config,
-    redact_url,
-)
-from .emulator import Emulator
+from .cli_support import render_table
+from .config import Config, load_config, parse_config, redact_url
+from .constants import DEFAULT_PATH, ENV_REDIS_URL
 from .exceptions import TokenWorkerError
 from .keys import Keys
 from .status import read_statuses
 from .store import TokenStore, connect_redis
+from .testing import Emulator, RedisServer, Worker, celery_worker, worker_env, write_config
 
 __all__ = ["DEMO_PREFIX", "DEMO_QUEUE", "run_demo"]
 
@@ -56,12 +47,6 @@ PROFILES = {"payments": "client_paymentrequest", "refunds": "client_refund",
 # a terminal redraws every second; a log (CI, no TTY) gets a frame every few seconds
 FRAME_SECONDS_TTY, FRAME_SECONDS_LOG = 1.0, 5.0
 WORKER_STOP_SECONDS = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(url: str) -> bool:
@@ -79,87 +64,33 @@ def _configured_redis_url(config_path: str | None) -> str:
     return os.environ.get(ENV_REDIS_URL) or "redis://127.0.0.1:6379/0"
 
 
-class _PrivateRedis:
-    """A throwaway redis-server on a free port, its data in a temp dir."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise TokenWorkerError("no Redis answers and redis-server is not installed "
-                                   "(apt-get install redis-server, or set redis.url)")
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(  # noqa: S603 - a binary found on PATH, fixed args
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not _answers(self.url):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise TokenWorkerError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def _private_redis(workdir: Path) -> RedisServer:
+    try:
+        return RedisServer(workdir=workdir).start()
+    except RuntimeError as exc:
+        raise TokenWorkerError(f"no Redis answers, and {exc} (or set redis.url)") from None
 
 
 def _demo_config(path: Path, redis_url: str, token_url: str, lifetime: float) -> Config:
     """Write the demo's config (three profiles, short margins) and parse it."""
-    margin = round(lifetime / 3, 1)
-    lines = [
-        "[redis]", f"url = {json.dumps(redis_url)}", f'prefix = "{DEMO_PREFIX}"', "",
-        "[celery]", f"broker_url = {json.dumps(redis_url)}", f'queue = "{DEMO_QUEUE}"', "",
-        "[stitch]", f"token_url = {json.dumps(token_url)}", "timeout_seconds = 5", "",
-        "[refresh]", f"margin_seconds = {margin}", "interval_seconds = 1", "",
-        "[clients.main]", f'client_id = "{DEMO_CLIENT_ID}"',
-        f'client_secret_env = "{DEMO_SECRET_ENV}"', "",
-    ]
-    for name, scope in PROFILES.items():
-        lines += [f"[profiles.{name}]", f'scopes = ["{scope}"]']
-        if name == "refunds":  # a per-profile margin, so the rows rotate out of step
-            lines.append(f"margin_seconds = {round(lifetime / 2, 1)}")
-        lines.append("")
-    path.write_text("\n".join(lines))
+    profiles: dict[str, dict[str, Any]] = {name: {"scopes": [scope]}
+                                           for name, scope in PROFILES.items()}
+    # a per-profile margin, so the rows rotate out of step
+    profiles["refunds"]["margin_seconds"] = round(lifetime / 2, 1)
+    write_config(path, redis_url=redis_url, token_url=token_url, profiles=profiles,
+                 prefix=DEMO_PREFIX, broker_url=redis_url, queue=DEMO_QUEUE,
+                 margin=round(lifetime / 3, 1), interval=1, timeout=5,
+                 client_id=DEMO_CLIENT_ID, secret_env=DEMO_SECRET_ENV)
     return parse_config(tomllib.loads(path.read_text()), path=str(path))
 
 
-def _start_worker(config_path: Path, secret: str, workdir: Path,
-                  logfile: IO[bytes]) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    # the demo config already holds the Redis chosen above; an override would undo that
-    env.pop(ENV_REDIS_URL, None)
-    env.pop(ENV_BROKER_URL, None)
-    env.update({"TOKEN_WORKER_CONFIG": str(config_path), DEMO_SECRET_ENV: secret,
-                "PYTHONUNBUFFERED": "1"})
-    cmd = [sys.executable, "-m", "celery", "-A", "token_worker.celery_app", "worker",
-           "--beat", "-Q", DEMO_QUEUE, "--loglevel", "INFO", "--concurrency", "2",
-           "--hostname", f"token_worker_demo-{os.getpid()}@%h",
-           "--without-mingle", "--without-gossip"]
+def _start_worker(config_path: Path, secret: str, workdir: Path) -> Worker:
+    # the demo config already holds the Redis chosen above: worker_env drops the
+    # $TOKEN_WORKER_*_URL overrides that would undo that
+    env = worker_env({DEMO_SECRET_ENV: secret}, config=config_path)
     # its own session: Ctrl-C reaches only us, and we stop the worker in order
-    return subprocess.Popen(cmd, env=env,  # noqa: S603 - our interpreter, fixed args
-                            cwd=workdir, stdout=logfile,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop_worker(proc: subprocess.Popen[bytes]) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)  # warm shutdown: in-flight refreshes finish
-        try:
-            proc.wait(WORKER_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            log.warning("worker did not stop in %.0fs; killing it", WORKER_STOP_SECONDS)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # pool and beat children, should any remain
-    except (ProcessLookupError, PermissionError):
-        pass
-    return proc.wait()
+    return celery_worker(workdir, f"token_worker_demo-{os.getpid()}", queues=DEMO_QUEUE,
+                         concurrency=2, env=env, log=workdir / "worker.log")
 
 
 def _log_tail(path: Path, lines: int = 6) -> list[str]:
@@ -172,8 +103,6 @@ def _log_tail(path: Path, lines: int = 6) -> list[str]:
 
 def _frame(config: Config, store: TokenStore, emulator: Emulator, redis_note: str,
            logpath: Path) -> str:
-    from .cli import render_table
-
     rows = read_statuses(config, store)
     out = [f"token_worker demo  {time.strftime('%H:%M:%S')}  (Ctrl-C to stop)",
            f"emulator {emulator.url}  endpoint calls {emulator.calls}  {redis_note}", "",
@@ -220,8 +149,8 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
 
     redis_url = _configured_redis_url(config_path)
     workdir = Path(tempfile.mkdtemp(prefix="token_worker-demo-"))
-    private: _PrivateRedis | None = None
-    worker: subprocess.Popen[bytes] | None = None
+    private: RedisServer | None = None
+    worker: Worker | None = None
     secret = secrets.token_urlsafe(24)
     emu_log = logging.getLogger("token_worker.emulator")
     emu_level = emu_log.level
@@ -234,7 +163,7 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
         if _answers(redis_url):
             redis_note = f"redis {redact_url(redis_url)} (prefix {DEMO_PREFIX!r})"
         else:
-            private = _PrivateRedis(workdir)
+            private = _private_redis(workdir)
             redis_note = f"private redis-server {private.url} (none answered at " \
                          f"{redact_url(redis_url)})"
             redis_url = private.url
@@ -243,9 +172,8 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
         config = _demo_config(config_file, redis_url, emulator.url, lifetime)
         store = TokenStore(connect_redis(redis_url), DEMO_PREFIX)
         logpath = workdir / "worker.log"
-        with logpath.open("wb") as logfile:
-            worker = _start_worker(config_file, secret, workdir, logfile)
-        print(f"demo: worker pid {worker.pid}, log {logpath}, config {config_file}",
+        worker = _start_worker(config_file, secret, workdir)
+        print(f"demo: worker pid {worker.proc.pid}, log {logpath}, config {config_file}",
               flush=True)
         tty = sys.stdout.isatty()
         every = FRAME_SECONDS_TTY if tty else FRAME_SECONDS_LOG
@@ -255,9 +183,9 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
             now = time.monotonic()
             if duration is not None and now - started >= duration:
                 break
-            if worker.poll() is not None:
+            if worker.proc.poll() is not None:
                 tail = "\n".join(logpath.read_text(errors="replace").splitlines()[-15:])
-                raise TokenWorkerError(f"the worker exited with status {worker.returncode}; "
+                raise TokenWorkerError(f"the worker exited with status {worker.proc.returncode}; "
                                        f"last lines of {logpath}:\n{tail}")
             if now >= next_frame:
                 frame = _frame(config, store, emulator, redis_note, logpath)
@@ -268,7 +196,8 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
     except KeyboardInterrupt:
         pass
     finally:
-        code = _stop_worker(worker) if worker is not None else None
+        # warm shutdown (in-flight refreshes finish), then the rest of its process group
+        code = worker.stop(WORKER_STOP_SECONDS) if worker is not None else None
         if store is not None and private is None:
             _cleanup_keys(store)  # the shared Redis keeps nothing of the demo
         emulator.stop()

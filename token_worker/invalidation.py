@@ -1,15 +1,16 @@
-"""The reader's cache invalidation: a thread listening on the events channel.
+"""The reader's cache invalidation: the events subscriber, dropping entries as tokens change.
 
-Split from :mod:`token_worker.reader` to keep both small; imports only redis (through
-the reader's store) and the standard library.
+Split from :mod:`token_worker.reader` to keep both small; imports only the standard
+library and the subscriber (the reader's store is the only door to Redis).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 from typing import TYPE_CHECKING
+
+from .events import Event
+from .subscriber import Subscriber
 
 if TYPE_CHECKING:
     from .reader import TokenReader
@@ -21,44 +22,24 @@ log = logging.getLogger("token_worker.reader")
 THREAD_NAME = "token_worker-reader-invalidator"
 
 
-class Invalidator(threading.Thread):
-    """Listens on the events channel and drops cache entries as tokens change."""
+class Invalidator(Subscriber):
+    """Drops cache entries as tokens change; ``healthy`` only while subscribed.
+
+    The reader serves from its cache only while ``healthy``; every (re)subscription
+    and every loss empties it, since anything published meanwhile was missed.
+    """
 
     def __init__(self, reader: TokenReader) -> None:
-        super().__init__(name=THREAD_NAME, daemon=True)
+        super().__init__(reader.store, self._on_event, on_subscribe=reader._invalidate_all,
+                         on_down=self._on_down, name=THREAD_NAME, min_backoff=0.1,
+                         max_backoff=5.0)
         self.reader = reader
-        self.healthy = False
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        backoff = 0.1
-        while not self.stopping.is_set():
-            pubsub = self.reader.store.pubsub(ignore_subscribe_messages=False)
-            try:
-                pubsub.subscribe(self.reader.store.keys.events())
-                while not self.stopping.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        # anything published before now was missed: start clean
-                        self.reader._invalidate_all()
-                        self.healthy = True
-                        backoff = 0.1
-                    elif message["type"] == "message":
-                        self.reader._invalidate(str(message["data"]).split(" ", 1)[0])
-            except Exception as exc:  # noqa: BLE001
-                # any failure (incl. a pool closed under us) means "channel down": the
-                # cache is off until we are resubscribed; the thread itself must live on
-                log.debug("invalidation channel down (%s); cache off until resubscribed",
-                          type(exc).__name__)
-            finally:
-                self.healthy = False
-                self.reader._invalidate_all()
-                with contextlib.suppress(Exception):  # already broken; we reconnect
-                    pubsub.close()
-            self.stopping.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+    def _on_event(self, event: Event) -> None:
+        self.reader._invalidate(event.profile)
 
-    def stop(self) -> None:
-        self.stopping.set()
+    def _on_down(self, error: Exception | None) -> None:
+        if error is not None:
+            log.debug("invalidation channel down (%s); cache off until resubscribed",
+                      type(error).__name__)
+        self.reader._invalidate_all()

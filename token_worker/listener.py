@@ -21,24 +21,23 @@ marked, so beat picks it up at its next tick.
 from __future__ import annotations
 
 import logging
-import threading
 
 import redis
 
+from .events import Event
 from .refresh import Refresher
+from .subscriber import Subscriber
 
-__all__ = ["REJECTED_PREFIX", "Listener"]
+__all__ = ["Listener"]
 
 log = logging.getLogger("token_worker.listener")
 
-# the event ``store.report_rejected`` publishes: "<profile> rejected:<fingerprint>"
-REJECTED_PREFIX = "rejected:"
 # notice a Redis restart within a second, without spinning while it stays down
 RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 1.0
 
 
-class Listener(threading.Thread):
+class Listener(Subscriber):
     """Refreshes rejected tokens at once, and due profiles when the store comes back.
 
     Args:
@@ -46,48 +45,31 @@ class Listener(threading.Thread):
     """
 
     def __init__(self, refresher: Refresher) -> None:
-        super().__init__(name="token_worker-listener", daemon=True)
+        super().__init__(refresher.store, self._on_event, on_subscribe=self._on_subscribe,
+                         on_down=self._on_down, name="token_worker-listener",
+                         min_backoff=RECONNECT_MIN_SECONDS, max_backoff=RECONNECT_MAX_SECONDS)
         self.refresher = refresher
-        self.subscribed = threading.Event()
-        self._stopping = threading.Event()
+        self._down_since_subscribed = False
 
-    def run(self) -> None:
-        backoff = RECONNECT_MIN_SECONDS
-        down = False
-        store = self.refresher.store
-        while not self._stopping.is_set():
-            pubsub = store.pubsub(ignore_subscribe_messages=False)
-            try:
-                pubsub.subscribe(store.keys.events())
-                while not self._stopping.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        backoff = RECONNECT_MIN_SECONDS
-                        self.subscribed.set()
-                        if down:
-                            down = False
-                            self._catch_up()
-                    elif message["type"] == "message":
-                        self._handle(str(message["data"]))
-            except (redis.RedisError, OSError) as exc:
-                if not down:  # once per outage, not once per reconnect attempt
-                    log.warning("listener: token store unreachable, retrying: %s", exc)
-                down = True
-            except Exception:
-                # a bug or an odd message must not end prompt refreshes for this worker's
-                # lifetime: log it, resubscribe, and catch up on what may have been missed
-                log.exception("listener: unexpected error; resubscribing")
-                down = True
-            finally:
-                self.subscribed.clear()
-                try:
-                    pubsub.close()
-                except (redis.RedisError, OSError):
-                    pass
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, RECONNECT_MAX_SECONDS)
+    def _on_subscribe(self) -> None:
+        if self._down_since_subscribed:
+            self._down_since_subscribed = False
+            self._catch_up()
+
+    def _on_down(self, error: Exception | None) -> None:
+        if error is None:
+            return  # stopped
+        if isinstance(error, redis.RedisError | OSError):
+            if not self._down_since_subscribed:  # once per outage, not once per attempt
+                log.warning("listener: token store unreachable, retrying: %s", error)
+        else:
+            # a bug or an odd message must not end prompt refreshes for this worker's
+            # lifetime: log it, resubscribe, and catch up on what may have been missed
+            log.error("listener: unexpected error; resubscribing", exc_info=error)
+        self._down_since_subscribed = True
+
+    def _on_event(self, event: Event) -> None:
+        self._handle(event)  # looked up per event: a handler replaced on the instance applies
 
     def _catch_up(self) -> None:
         """The store is back: refresh what is due (everything, if it came back empty)."""
@@ -102,13 +84,12 @@ class Listener(threading.Thread):
         for profile in due:
             self._refresh(profile, "store back")
 
-    def _handle(self, data: str) -> None:
-        profile, _, event = data.partition(" ")
-        if not event.startswith(REJECTED_PREFIX) or profile not in self.refresher.config.profiles:
+    def _handle(self, event: Event) -> None:
+        if event.kind != "rejected" or event.profile not in self.refresher.config.profiles:
             return
         # not forced: due only while the rejected token is still the current one, so a
         # report of a token already replaced costs nothing
-        self._refresh(profile, f"token rejected fingerprint={event[len(REJECTED_PREFIX):]}")
+        self._refresh(event.profile, f"token rejected fingerprint={event.fingerprint}")
 
     def _refresh(self, profile: str, why: str) -> None:
         try:
@@ -125,9 +106,3 @@ class Listener(threading.Thread):
             log.exception("listener: profile=%s (%s) refresh raised", profile, why)
             return
         log.info("listener: profile=%s (%s) refresh outcome=%s", profile, why, result.outcome)
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop listening; waits up to ``timeout`` for the thread (a refresh may be running)."""
-        self._stopping.set()
-        if timeout is not None and self.is_alive():
-            self.join(timeout)

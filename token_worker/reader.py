@@ -346,31 +346,26 @@ class TokenReader:
         return diagnose(self.store, profile, self.profiles)
 
     def _wait(self, profile: str, wait: float) -> Token:
-        deadline = time.monotonic() + wait
-        pubsub = self.store.pubsub()
         last_exc: TokenUnavailable | None = None
+
+        def available() -> Token | None:
+            nonlocal last_exc
+            try:
+                return self._get(profile)
+            except TokenUnavailable as exc:
+                last_exc = exc
+                return None
+
         try:
-            pubsub.subscribe(self.store.keys.events())
-            while True:
-                # subscribed first, then checked: a publish in between is not missed
-                try:
-                    return self._get(profile)
-                except TokenUnavailable as exc:
-                    last_exc = exc
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                # wake on any event, re-check at least every second (channel loss)
-                pubsub.get_message(timeout=min(left, 1.0))
+            # woken by any event, re-checked at least every second (channel loss)
+            token = self.store.wait_for(available, time.monotonic() + wait)
         except (redis.RedisError, OSError):
             if last_exc is None:
                 raise TokenUnavailable(profile, "redis_unreachable", "Redis unreachable at "
                                        f"{describe_redis(self.store.redis)}") from None
-        finally:
-            try:
-                pubsub.close()
-            except (redis.RedisError, OSError):
-                pass
+            token = None
+        if token is not None:
+            return token
         assert last_exc is not None
         raise last_exc
 

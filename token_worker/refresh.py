@@ -190,19 +190,18 @@ class Refresher:
         self, profile: str, requested_at: float, deadline: float
     ) -> Token | None:
         """Wait while the lock is held; the token if one issued after the request appears."""
-        pubsub = self.store.pubsub()
-        try:
-            pubsub.subscribe(self.store.keys.events())
-            while time.monotonic() < deadline:
-                token = self._read_token(profile)
-                if token is not None and token.issued_at >= requested_at:
-                    return token
-                if self.store.lock_ttl(profile) <= 0:
-                    return None  # free again: go and take it
-                pubsub.get_message(timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
+        def settled() -> tuple[Token | None] | None:
+            token = self._read_token(profile)
+            if token is not None and token.issued_at >= requested_at:
+                return (token,)
+            if self.store.lock_ttl(profile) <= 0:
+                return (None,)  # free again: go and take it
             return None
-        finally:
-            pubsub.close()
+
+        if time.monotonic() >= deadline:
+            return None
+        found = self.store.wait_for(settled, deadline, every=0.5)
+        return found[0] if found else None
 
     def _refresh_locked(self, profile: str, force: bool, requested_at: float,
                         scheduled: bool = False, owner: str = "") -> RefreshResult:

@@ -35,6 +35,8 @@ end
 #       then status field/value pairs
 # Returns 1 written; 0 a token issued later is already published; -1 already expired;
 # -2 the lock is another holder's (ours expired and was taken: fenced out).
+# The PUBLISH line is events.Event.published(...).encode() built in Lua (its twin;
+# tests/test_events.py checks that Event.parse reads it).
 PUBLISH = _TYPES + """
 want(KEYS[1], 'string'); want(KEYS[2], 'zset'); want(KEYS[3], 'string'); want(KEYS[4], 'hash')
 local lock = redis.call('GET', KEYS[3])

@@ -8,17 +8,19 @@ Time comes from Redis (``TIME``): one clock for the whole fleet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
 
 import redis
 
 from . import scripts
 from .connection import connect_redis, describe_redis
+from .events import Event
 from .exceptions import StoreError
 from .keys import Keys
 from .tokens import Token, bounded_ttl
@@ -27,6 +29,9 @@ __all__ = ["REJECTED_COOLDOWN_SECONDS", "PlainCodec", "TokenCodec", "TokenStore"
            "connect_redis", "describe_redis"]
 
 log = logging.getLogger("token_worker.store")
+
+_T = TypeVar("_T")
+_monotonic = time.monotonic  # TokenStore.time hides the module inside the class body
 
 # a 401 report makes a profile due again at most this often: a broken API (or a hostile
 # reader) reporting every new token at once must not turn into one endpoint call per tick
@@ -209,7 +214,7 @@ class TokenStore:
         pipe = self.redis.pipeline()
         pipe.delete(self.keys.token(profile))
         pipe.zadd(self.keys.schedule(), {profile: 0})
-        pipe.publish(self.keys.events(), f"{profile} purged")
+        pipe.publish(self.keys.events(), Event.purged(profile).encode())
         deleted, _, _ = pipe.execute()
         return bool(deleted)
 
@@ -224,7 +229,7 @@ class TokenStore:
         pipe.delete(k.token(profile), k.status(profile), k.lock(profile))
         pipe.zrem(k.schedule(), profile)
         pipe.hdel(k.profiles(), profile)
-        pipe.publish(k.events(), f"{profile} purged")
+        pipe.publish(k.events(), Event.purged(profile).encode())
         pipe.execute()
 
     def report_rejected(self, profile: str, token_fingerprint: str, ttl: int = 300) -> bool:
@@ -240,7 +245,7 @@ class TokenStore:
                                   get=True)
         if previous == token_fingerprint:
             return False
-        self.redis.publish(self.keys.events(), f"{profile} rejected:{token_fingerprint}")
+        self.redis.publish(self.keys.events(), Event.rejected(profile, token_fingerprint).encode())
         return True
 
     def is_rejected(self, profile: str, token_fingerprint: str) -> bool:
@@ -361,7 +366,33 @@ class TokenStore:
             return float("inf")  # no expiry: held (the next acquire attempt gives it one)
         return pttl / 1000.0 if pttl > 0 else 0.0
 
+    # -- events (lines of token_worker.events.Event) --------------------------
     def pubsub(self, ignore_subscribe_messages: bool = True) -> Any:
-        """A pub/sub connection (redis-py leaves this one untyped)."""
-        client: Any = self.redis
-        return client.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
+        """A pub/sub connection (its own, from the pool) subscribed to the events channel."""
+        client: Any = self.redis  # redis-py leaves pub/sub untyped
+        pubsub = client.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
+        try:
+            pubsub.subscribe(self.keys.events())
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error to report is the first one
+                pubsub.close()
+            raise
+        return pubsub
+
+    def wait_for(self, predicate: Callable[[], _T], deadline: float, *, every: float = 1.0,
+                 monotonic: Callable[[], float] = _monotonic) -> _T | None:
+        """``predicate()``'s first truthy value, or None once ``deadline`` (monotonic) passes.
+
+        Checked once subscribed (no event in between is missed), on every event and at
+        least every ``every`` seconds. Redis errors propagate: the caller decides."""
+        pubsub = self.pubsub()
+        try:
+            while not (value := predicate()):
+                left = deadline - monotonic()
+                if left <= 0:
+                    return None
+                pubsub.get_message(timeout=max(min(left, every), 0.01))
+            return value
+        finally:
+            with contextlib.suppress(redis.RedisError, OSError):
+                pubsub.close()

@@ -1,47 +1,36 @@
-"""Celery wiring: the two tasks, their routing and beat entry, and sending to them.
+"""Celery wiring: the two tasks, their routing and beat entry, and ``token_or_retry``.
 
 No token logic lives here: both tasks call :class:`token_worker.refresh.Refresher`,
 as ``token-worker refresh --local`` does. Tasks take profile names and timestamps
 and return ``None``, so no token or secret can reach a broker, a result backend
 or a Celery log line. Duplicated beats are harmless: the fleet-wide lock and the
 re-check under it, inside ``refresh_profile``, make one endpoint call per due
-token whoever sends the message.
+token whoever sends the message. Sending to the workers is :mod:`token_worker.dispatch`,
+waiting on them :mod:`token_worker.waiting`, running one :mod:`token_worker.worker`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import redis
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
-from .config import Config, load_config, redact_url
-from .exceptions import ConfigError, TokenUnavailable, TokenWorkerError
+from .config import Config, load_config
+from .constants import DUE_TASK, PROFILE_TASK
+from .exceptions import ConfigError, TokenUnavailable
 from .reader import TokenReader
 from .refresh import Outcome, Refresher
 from .tokens import Token
-from .waiting import wait_for_refresh
 
-__all__ = [
-    "DUE_TASK",
-    "PROFILE_TASK",
-    "register",
-    "run_worker",
-    "send_refresh",
-    "token_or_retry",
-    "wait_for_refresh",
-]
+__all__ = ["DUE_TASK", "PROFILE_TASK", "register", "token_or_retry"]
 
 log = logging.getLogger("token_worker.tasks")
 
-DUE_TASK = "token_worker.refresh_due"
-PROFILE_TASK = "token_worker.refresh_profile"
 # a refresh that reached a worker whose config lacks its profile is handed on this often
 UNKNOWN_PROFILE_HANDOFFS = 20
 UNKNOWN_PROFILE_COUNTDOWN = 0.1
@@ -53,8 +42,6 @@ BEAT_EXPIRES_FRACTION = 0.9
 FANOUT_EXPIRES_MIN = 60.0
 # bare readers learn the profile list from Redis; republish it at least this often
 SYNC_EVERY_SECONDS = 300.0
-# a refresh sent from the CLI that no worker took within this long is stale
-SEND_EXPIRES_SECONDS = 300.0
 # a beat entry "last run" long ago: the first tick fires when beat starts, not an
 # interval later, so a fresh fleet has tokens within seconds
 _NEVER = datetime(2000, 1, 1, tzinfo=UTC)
@@ -291,85 +278,3 @@ def token_or_retry(task: Any, reader: TokenReader, profile: str, *, countdown: f
         return reader.get(profile, wait)
     except TokenUnavailable as exc:
         raise task.retry(exc=exc, countdown=countdown) from None
-
-
-# -- the CLI side ---------------------------------------------------------------
-def _producer_app(config: Config) -> Any:
-    from celery import Celery
-
-    app = Celery("token_worker.cli", broker=config.broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json", accept_content=["json"], task_ignore_result=True,
-        # a CLI must fail fast with a message, not retry for minutes
-        broker_connection_retry_on_startup=False, broker_connection_timeout=5,
-        broker_connection_max_retries=1,
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                   "interval_step": 0.5, "interval_max": 1.0},
-    )
-    return app
-
-
-def send_refresh(config: Config, names: list[str], *, force: bool, requested_at: float,
-                 expires: float | None = SEND_EXPIRES_SECONDS) -> None:
-    """Send ``token_worker.refresh_profile`` for each profile to the workers' queue.
-
-    Args:
-        config: where the broker is and which queue the workers consume.
-        names: profiles to refresh.
-        force: refresh even when the token is not due.
-        requested_at: the request time on the fleet clock; a forced refresh is
-            satisfied by any token issued after it.
-        expires: seconds after which an untaken message is dropped.
-
-    Raises:
-        TokenWorkerError: the broker is unreachable.
-    """
-    from kombu.exceptions import OperationalError
-
-    app = _producer_app(config)
-    try:
-        with app.producer_or_acquire() as producer:
-            for name in names:
-                app.send_task(PROFILE_TASK, args=(name,),
-                              kwargs={"force": force, "requested_at": requested_at},
-                              queue=config.celery.queue, expires=expires,
-                              producer=producer, ignore_result=True)
-    except (OperationalError, OSError) as exc:
-        raise TokenWorkerError(f"broker unreachable at {redact_url(config.broker_url)}: "
-                               f"{exc}") from None
-    finally:
-        app.close()
-
-
-def run_worker(config: Config, beat: bool = True, concurrency: int | None = None,
-               extra_args: list[str] | None = None) -> None:
-    """Run a Celery worker (with embedded beat) on the configured queue, in this process.
-
-    The worker is ``token_worker.celery_app``, configured by ``celeryconfig.py``;
-    ``$TOKEN_WORKER_CONFIG`` is set to this config so both read the same file.
-
-    Args:
-        config: the loaded config (its path is handed to the worker).
-        beat: embed beat (one beat per fleet is enough; more are harmless).
-        concurrency: worker processes (default: Celery's, the number of CPUs).
-        extra_args: more ``celery worker`` options, passed through.
-
-    Raises:
-        SystemExit: with the worker's exit status, when it is not 0.
-    """
-    if config.path:
-        os.environ["TOKEN_WORKER_CONFIG"] = str(Path(config.path).resolve())
-    from .celery_app import app
-
-    level = logging.getLevelName(logging.getLogger("token_worker").getEffectiveLevel())
-    argv = ["worker", "-Q", config.celery.queue, "--loglevel", str(level)]
-    if concurrency is not None:
-        argv += ["--concurrency", str(concurrency)]
-    with tempfile.TemporaryDirectory(prefix="token_worker-beat-") as tmp:
-        if beat:
-            # should celeryconfig choose a persistent scheduler, its file stays out of the CWD
-            argv += ["--beat", "--schedule", os.path.join(tmp, "celerybeat-schedule")]
-        # start(), unlike worker_main(), hands back the worker's exit status
-        code = app.start(argv + list(extra_args or []))
-    if code:
-        raise SystemExit(code)

@@ -41,24 +41,19 @@ def wait_for_refresh(config: Config, store: TokenStore, names: list[str], *, for
     """
     deadline = time.monotonic() + timeout
     pending = list(names)
-    pubsub = store.pubsub()
-    try:
-        # subscribed before the first check, so a publish in between is not missed
-        pubsub.subscribe(store.keys.events())
-        while True:
-            rows = {r.profile: r for r in read_statuses(config, store, pending)}
-            if force:
-                pending = [p for p in pending
-                           if (_issued_at(store, p, rows[p].last_success_at) or 0) < requested_at]
-            else:
-                pending = [p for p in pending if rows[p].state is not TokenState.VALID]
-            left = deadline - time.monotonic()
-            if not pending or left <= 0:
-                break
-            # status updates without a publish (failures) are caught by the timeout
-            pubsub.get_message(timeout=min(left, 1.0))
-    finally:
-        pubsub.close()
+
+    def published() -> bool:
+        nonlocal pending
+        rows = {r.profile: r for r in read_statuses(config, store, pending)}
+        if force:
+            pending = [p for p in pending
+                       if (_issued_at(store, p, rows[p].last_success_at) or 0) < requested_at]
+        else:
+            pending = [p for p in pending if rows[p].state is not TokenState.VALID]
+        return not pending
+
+    # status updates without a publish (failures) are caught by the re-check each second
+    store.wait_for(published, deadline)
     if not pending:
         return {}
     rows = {r.profile: r for r in read_statuses(config, store, pending)}

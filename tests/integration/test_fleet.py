@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -66,8 +65,7 @@ def test_two_workers_with_beat_make_one_call_per_profile_per_lifetime(fleet: Fle
     fleet.emulator.set_expires_in(lifetime)
     config = fleet.config(margin=margin, interval=1)
     publishes: dict[str, list[float]] = {}
-    stop = threading.Event()
-    collector = record_publishes(fleet.redis_url, stop, publishes)
+    collector = record_publishes(fleet.redis_url, publishes)
     workers = [fleet.start_worker(config), fleet.start_worker(config)]
     for w in workers:
         w.wait_ready()
@@ -75,8 +73,7 @@ def test_two_workers_with_beat_make_one_call_per_profile_per_lifetime(fleet: Fle
     for w in workers:  # first, so a refresh in flight is published before we stop counting
         assert w.terminate() == 0
     time.sleep(0.5)
-    stop.set()
-    collector.join(5)
+    collector.stop(5)
     stats = fleet.emulator.stats()["by_scope"]
     ratios = []
     for profile, scopes in THREE.items():

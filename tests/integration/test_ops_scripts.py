@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import REPO, SECRET, free_port, wait_until
 from tests.test_metrics import scrape, value
-from token_worker.emulator import Emulator
+from token_worker.testing.emulator import Emulator
 
 from .conftest import Fleet, subprocess_env
 

@@ -20,8 +20,8 @@ import pytest
 from tests.support import write_config
 from token_worker import TokenReader, TokenUnavailable
 from token_worker.config import load_config
-from token_worker.emulator import Emulator
 from token_worker.refresh import Refresher
+from token_worker.testing.emulator import Emulator
 
 pytestmark = pytest.mark.integration
 

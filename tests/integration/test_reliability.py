@@ -28,8 +28,9 @@ from freezegun import freeze_time
 from tests.support import CLIENT_ID, RedisServer, wait_until
 from token_worker import Token, TokenReader, TokenUnavailable
 from token_worker.config import load_config
-from token_worker.emulator import Emulator
 from token_worker.store import TokenStore, connect_redis
+from token_worker.testing.configs import write_config as write_base_config
+from token_worker.testing.emulator import Emulator
 
 from .conftest import Fleet, subprocess_env
 
@@ -46,21 +47,14 @@ def write_config(path: Path, *, redis_url: str, token_url: str, profiles: list[s
     """A fleet config with several clients (``name -> secret env``); the first is the
     default, ``client_of`` names another for a profile."""
     clients = clients or {"main": "STITCH_CLIENT_SECRET"}
-    lines = [
-        "[redis]", f'url = "{redis_url}"', "", "[celery]",
-        f'broker_url = "{redis_url.rsplit("/", 1)[0]}/1"', "",
-        "[stitch]", f'token_url = "{token_url}"', f"timeout_seconds = {timeout}", "",
-        "[refresh]", f"margin_seconds = {margin}", f"interval_seconds = {interval}",
-        f"retries = {retries}", "",
-    ]
-    for name, env in clients.items():
-        lines += [f"[clients.{name}]", f'client_id = "{CLIENT_ID}"',
-                  f'client_secret_env = "{env}"', ""]
-    for name in profiles:
-        lines += [f"[profiles.{name}]", f'scopes = ["{SCOPES[name]}"]',
-                  f'client = "{(client_of or {}).get(name, next(iter(clients)))}"', ""]
-    path.write_text("\n".join(lines))
-    return path
+    return write_base_config(
+        path, redis_url=redis_url, token_url=token_url, prefix=None, margin=margin,
+        interval=interval, retries=retries, timeout=timeout,
+        clients={name: {"client_id": CLIENT_ID, "client_secret_env": env}
+                 for name, env in clients.items()},
+        profiles={name: {"scopes": [SCOPES[name]],
+                         "client": (client_of or {}).get(name, next(iter(clients)))}
+                  for name in profiles})
 
 
 class CallLog:

@@ -28,7 +28,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -80,8 +79,7 @@ def test_a_minute_of_flaky_endpoint_and_short_tokens_never_starves_a_reader(
                           token_url=fleet.emulator.url, profiles=list(SCOPES),
                           margin=MARGIN, interval=INTERVAL)
     publishes: dict[str, list[float]] = {}
-    stop = threading.Event()
-    recorder = record_publishes(fleet.redis_url, stop, publishes, time.time)
+    recorder = record_publishes(fleet.redis_url, publishes, time.time)
     workers = [fleet.start_worker(config) for _ in range(3)]
     reader = TokenReader(fleet.redis_url, min_ttl=MIN_TTL)
     for p in SCOPES:
@@ -102,8 +100,7 @@ def test_a_minute_of_flaky_endpoint_and_short_tokens_never_starves_a_reader(
     for w in workers:  # first, so a refresh in flight is published before we stop counting
         assert w.terminate() == 0
     time.sleep(0.5)
-    stop.set()
-    recorder.join(5)
+    recorder.stop(5)
 
     stats = fleet.emulator.stats()
     reads = sum(r["reads"] for r in results)

@@ -55,8 +55,9 @@ from token_worker.client import TokenClient
 from token_worker.config import credential_problems, load_config
 from token_worker.credentials import load_certificate
 from token_worker.crypto import AesGcmCodec, generate_key, parse_keys
-from token_worker.emulator import Emulator
-from token_worker.tasks import send_refresh
+from token_worker.dispatch import send_refresh
+from token_worker.testing import spawn_worker, write_config
+from token_worker.testing.emulator import Emulator
 from token_worker.tokens import fingerprint
 
 from .conftest import Fleet, Worker, subprocess_env
@@ -249,26 +250,20 @@ class Stack:
     dumps: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)  # exception texts, reprs, scrapes
 
-    def config(self, *, metrics_port: int = 0, extra_redis: str = "") -> Path:
+    def config(self, *, metrics_port: int = 0,
+               extra_redis: dict[str, str] | None = None) -> Path:
         url = self.redis.url
-        lines = [
-            "[redis]", f'url = "{url}"', f'prefix = "{PREFIX}"', extra_redis, "",
-            "[celery]", f'broker_url = "{url[:-1]}1"', 'queue = "tokens"', "",
-            "[stitch]", f'token_url = "{self.emulator.url}"',
-            "timeout_seconds = 3", "",
-            "[refresh]", "margin_seconds = 600", "interval_seconds = 1", "retries = 1", "",
-            "[metrics]", f"port = {metrics_port}", "",
-            "[clients.main]", f'client_id = "{CLIENT_ID}"',
-            'client_secret_env = "STITCH_CLIENT_SECRET"', "",
-            "[clients.certified]", f'client_id = "{CERT_CLIENT_ID}"',
-            f'certificate_file = "{self.cert_path}"', "",
-        ]
-        for profile, (client, scope) in PROFILES.items():
-            lines += [f"[profiles.{profile}]", f'client = "{client}"', f'scopes = ["{scope}"]',
-                      ""]
-        path = self.tmp / "token_worker.toml"
-        path.write_text("\n".join(lines))
-        return path
+        return write_config(
+            self.tmp / "token_worker.toml", redis_url=url, token_url=self.emulator.url,
+            prefix=PREFIX, redis=extra_redis, broker_url=f"{url[:-1]}1", queue="tokens",
+            timeout=3, margin=600, interval=1, retries=1,
+            sections={"metrics": {"port": metrics_port}},
+            clients={"main": {"client_id": CLIENT_ID,
+                              "client_secret_env": "STITCH_CLIENT_SECRET"},
+                     "certified": {"client_id": CERT_CLIENT_ID,
+                                   "certificate_file": str(self.cert_path)}},
+            profiles={profile: {"client": client, "scopes": [scope]}
+                      for profile, (client, scope) in PROFILES.items()})
 
     def env(self, **extra: str) -> dict[str, str]:
         # the result backend: celeryconfig.py sets none, Celery's own variable overrides
@@ -278,15 +273,11 @@ class Stack:
     def start_worker(self, config: Path, **env: str) -> Worker:
         """``token-worker worker`` (Celery worker + embedded beat) at DEBUG, JSON logs."""
         name = f"zl{len(self.fleet.workers)}"
-        log = self.tmp / f"{name}.log"
         cmd = [sys.executable, "-m", "token_worker", "--config", str(config),
                "--log-level", "DEBUG", "--log-format", "json", "worker", "-c", "1",
                "--hostname", f"{name}@%h"]  # mingle, gossip, heartbeats on: as deployed
-        with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, cwd=self.tmp, stdout=out, stderr=subprocess.STDOUT,
-                                    env=subprocess_env(**self.env(**env)),
-                                    start_new_session=True)
-        worker = Worker(name, proc, log, time.time())
+        worker = spawn_worker(cmd, name=name, workdir=self.tmp,
+                              env=subprocess_env(**self.env(**env)))
         self.fleet.workers.append(worker)
         worker.wait_ready(60)
         return worker
@@ -843,7 +834,7 @@ def test_encryption_at_rest_leaves_no_token_in_redis_or_its_traffic(
     monkeypatch.setenv("STITCH_CLIENT_SECRET", SECRET)
     monkeypatch.setenv(ENC_ENV, keys)
     with stack(tmp_path, expires_in=4) as s:
-        config = s.config(extra_redis=f'encryption_keys_env = "{ENC_ENV}"')
+        config = s.config(extra_redis={"encryption_keys_env": ENC_ENV})
         worker = s.start_worker(config, **{ENC_ENV: keys})
         assert wait_until(lambda: all(refreshed(worker, p) >= 2 for p in PROFILES), 30), \
             worker.log()[-3000:]

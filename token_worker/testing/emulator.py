@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from .config import KNOWN_SCOPES  # one list of Stitch scopes, as config check knows them
+from ..constants import KNOWN_SCOPES  # one list of Stitch scopes, as config check knows them
 from .emulator_assertions import (
     ASSERTION_LEEWAY_SECONDS,
     ASSERTION_MAX_LIFETIME_SECONDS,

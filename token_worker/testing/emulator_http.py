@@ -1,7 +1,7 @@
 """The emulator's HTTP side: reply shapes, request parsing, the server and its handler.
 
 The handler only moves bytes; what to answer is decided by the :class:`App` it serves
-(:class:`token_worker.emulator.Emulator`), so this module never imports it.
+(:class:`token_worker.testing.emulator.Emulator`), so this module never imports it.
 """
 
 from __future__ import annotations
