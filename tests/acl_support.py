@@ -36,3 +36,9 @@ def acl_with_test_passwords(dest: Path) -> Path:
         text = text.replace(placeholder, "#" + hashlib.sha256(password.encode()).hexdigest())
     dest.write_text(text)
     return dest
+
+
+def start_acl_redis(directory: Path) -> AclRedis:
+    """A private redis-server running the shipped ACL file (test passwords) from ``directory``."""
+    acl = acl_with_test_passwords(directory / "users.acl")
+    return AclRedis(extra_args=["--aclfile", str(acl)]).start()

@@ -21,14 +21,13 @@ from token_worker.config import load_config
 from token_worker.refresh import Refresher
 from token_worker.testing.emulator import Emulator
 
-from .acl_support import ACL_FILE, AclRedis, acl_with_test_passwords
+from .acl_support import ACL_FILE, AclRedis, start_acl_redis
 from .support import free_port, wait_until, write_config
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
-    acl = acl_with_test_passwords(tmp_path_factory.mktemp("acl") / "users.acl")
-    srv = AclRedis(extra_args=["--aclfile", str(acl)]).start()
+    srv = start_acl_redis(tmp_path_factory.mktemp("acl"))
     yield srv
     srv.stop()
 

@@ -24,7 +24,7 @@ from token_worker.testing.emulator import Emulator
 from token_worker.tokens import TokenState
 from token_worker.waiting import wait_for_refresh
 
-from .acl_support import AclRedis, acl_with_test_passwords
+from .acl_support import AclRedis, start_acl_redis
 from .support import write_config
 
 
@@ -112,8 +112,7 @@ def test_refresh_wait_through_the_cli_exits_1_while_the_token_is_rejected(
 
 @pytest.fixture(scope="module")
 def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclRedis]:
-    acl = acl_with_test_passwords(tmp_path_factory.mktemp("acl") / "users.acl")
-    server = AclRedis(extra_args=["--aclfile", str(acl)]).start()
+    server = start_acl_redis(tmp_path_factory.mktemp("acl"))
     yield server
     server.stop()
 

@@ -80,12 +80,6 @@ class _Entry:
     fresh_until: float  # monotonic: cache max age
 
 
-def _with_deadline(token: Token, deadline: float) -> Token:
-    # positional, as Token.from_dict: this runs on uncached reads
-    return Token(token.access_token, token.token_type, token.scopes, token.issued_at,
-                 token.expires_at, token.refresh_at, deadline)
-
-
 class BearerAuth:
     """A ``requests`` auth callable: sets ``Authorization: Bearer ...`` per request."""
 
@@ -296,7 +290,7 @@ class TokenReader:
             token = seen[1]
             deadline = sent_at + bounded_ttl(pttl, token.expires_at, fleet_now)
             if not token.deadline <= deadline <= token.deadline + _SAME_DEADLINE:
-                token = _with_deadline(token, deadline)
+                token = token.with_deadline(deadline)
                 self._decoded[profile] = (value, token)
         else:
             try:
@@ -304,8 +298,8 @@ class TokenReader:
             except StoreError as exc:
                 reason = "encrypted" if "encrypt" in str(exc) else "unreadable"
                 raise TokenUnavailable(profile, reason, str(exc)) from None
-            token = _with_deadline(decoded, sent_at + bounded_ttl(pttl, decoded.expires_at,
-                                                                  fleet_now))
+            token = decoded.with_deadline(sent_at + bounded_ttl(pttl, decoded.expires_at,
+                                                                fleet_now))
             self._decoded[profile] = (value, token)
         rejected = self._rejected.get(profile)
         # hashing the token only when a rejection is on record keeps reads cheap

@@ -82,22 +82,29 @@ class Refresher:
         })
         self._functions_loaded = self.store.load_functions()
 
-    def _rejected(self, profile: str, token: Token | None, now: float) -> bool:
+    def _rejected(self, profile: str, token: Token | None, now: float,
+                  status: dict[str, str] | None = None) -> bool:
         """The current token was reported rejected, and no refresh caused by a report
-        ran within the cooldown (a report per new token must not mean a call per tick)."""
+        ran within the cooldown (a report per new token must not mean a call per tick).
+        ``status``: the profile's status record, when the caller has read it already."""
         if token is None or not self.store.is_rejected(profile, token.fingerprint):
             return False
-        last = self.store.status(profile).get("rejected_refresh_at") or "0"
+        if status is None:
+            status = self.store.status(profile)
+        last = status.get("rejected_refresh_at") or "0"
         try:
             return now - float(last) >= REJECTED_COOLDOWN_SECONDS
         except ValueError:
             return True
 
-    def _is_due(self, profile: str, token: Token | None, now: float) -> bool:
+    def _is_due(self, profile: str, token: Token | None, now: float,
+                rejected: bool | None = None) -> bool:
+        """``rejected``: :meth:`_rejected`'s answer, when the caller has it already."""
+        if rejected is None:
+            rejected = self._rejected(profile, token, now)
         expires_at = token.expires_at if token else None
         refresh_at = token.refresh_at if token else None
-        state = token_state(expires_at, refresh_at, now,
-                            rejected=self._rejected(profile, token, now))
+        state = token_state(expires_at, refresh_at, now, rejected=rejected)
         return state is not TokenState.VALID
 
     def _read_token(self, profile: str) -> Token | None:
@@ -207,18 +214,19 @@ class Refresher:
                         scheduled: bool = False, owner: str = "") -> RefreshResult:
         now = self.store.time()
         current = self._read_token(profile)
-        # read once: under the lock no other process can change the count meanwhile
+        # read once: under the lock no other process can change it meanwhile
+        status = self.store.status(profile)
         try:
-            failures = int(float(self.store.status(profile).get("consecutive_failures") or 0))
+            failures = int(float(status.get("consecutive_failures") or 0))
         except ValueError:
             failures = 0
-        rejected = self._rejected(profile, current, now)
+        rejected = self._rejected(profile, current, now, status)
         # re-read under the lock: another process may have just finished
         if force:
             if current is not None and current.issued_at >= requested_at:
                 return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current.fingerprint,
                                      current.expires_at, current.issued_at)
-        elif not self._is_due(profile, current, now):
+        elif not self._is_due(profile, current, now, rejected):
             if current is None:  # only a missing token cut short by a backoff gets here
                 return RefreshResult(profile, Outcome.NOT_DUE)
             return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current.fingerprint,

@@ -203,7 +203,7 @@ class TokenStore:
             return None
         token = self.decode(profile, value, ttl)
         bounded = bounded_ttl(ttl, token.expires_at, now)
-        return token if bounded == ttl else self.decode(profile, value, bounded)
+        return token if bounded == ttl else token.with_deadline(token.deadline - ttl + bounded)
 
     def delete_token(self, profile: str) -> None:
         """Drop a stored token nobody can read (so it cannot outlive a good one)."""

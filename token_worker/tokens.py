@@ -137,6 +137,12 @@ class Token:
             f"scopes={self.scopes!r}, expires_at={self.expires_at!r})"
         )
 
+    def with_deadline(self, deadline: float) -> Token:
+        """The same token with another monotonic deadline (positional, as in
+        :meth:`from_dict`: this runs on uncached reads)."""
+        return Token(self.access_token, self.token_type, self.scopes, self.issued_at,
+                     self.expires_at, self.refresh_at, deadline)
+
     def to_dict(self) -> dict[str, Any]:
         """The published JSON object (contract fields plus ``refresh_at``)."""
         return {
