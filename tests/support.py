@@ -92,3 +92,9 @@ def make_token(store: Any, lifetime: float, *, access: str = "tok-A",
     return Token(access_token=access, token_type="Bearer", scopes=("client_paymentrequest",),
                  issued_at=issued_at, expires_at=now + lifetime,
                  refresh_at=now + (refresh_in if refresh_in is not None else lifetime / 2))
+
+
+def raw_status(store: Any, profile: str = "payments") -> dict[str, str]:
+    """The status hash as Redis holds it (strings), for assertions on its exact fields."""
+    raw: dict[str, str] = store.redis.hgetall(store.keys.status(profile))
+    return raw

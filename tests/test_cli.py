@@ -106,7 +106,8 @@ def test_status_reports_refresh_due_and_expired_states(config_path: Path, refres
 
 
 def test_status_and_check_need_no_secret(config_path: Path, refresher: Refresher) -> None:
-    refresher.refresh_many(["payments", "refunds"])
+    for name in ("payments", "refunds"):
+        refresher.refresh_profile(name)
     env = env_with()
     env.pop("STITCH_CLIENT_SECRET")
     status = tw("--config", str(config_path), "status", "--json", env=env)
@@ -120,14 +121,16 @@ def test_status_and_check_need_no_secret(config_path: Path, refresher: Refresher
 
 def test_check_passes_when_every_profile_has_enough_life(config_path: Path,
                                                          refresher: Refresher) -> None:
-    refresher.refresh_many(["payments", "refunds"])
+    for name in ("payments", "refunds"):
+        refresher.refresh_profile(name)
     out = run(config_path, "check", "--min-ttl", "600")
     assert out.exit_code == 0 and out.stdout.startswith("OK")
 
 
 def test_check_fails_naming_profiles_short_of_min_ttl(config_path: Path,
                                                       refresher: Refresher) -> None:
-    refresher.refresh_many(["payments", "refunds"])
+    for name in ("payments", "refunds"):
+        refresher.refresh_profile(name)
     out = run(config_path, "check", "--min-ttl", "4000")
     assert out.exit_code == 1
     assert "FAIL payments" in out.stderr and "FAIL refunds" in out.stderr
@@ -149,7 +152,8 @@ def test_check_exit_codes_from_the_console_script(config_path: Path,
                                                   refresher: Refresher) -> None:
     failing = tw("--config", str(config_path), "check")
     assert failing.returncode == 1 and "FAIL" in failing.stderr
-    refresher.refresh_many(["payments", "refunds"])
+    for name in ("payments", "refunds"):
+        refresher.refresh_profile(name)
     passing = tw("--config", str(config_path), "check", "--min-ttl", "60")
     assert passing.returncode == 0
     negative = tw("--config", str(config_path), "check", "--min-ttl", "-1")
@@ -347,7 +351,8 @@ def test_secret_and_tokens_never_leak_to_redis_cli_output_or_logs(
 
     # library paths, logging at DEBUG into caplog
     refresher = Refresher.from_config(load_config(config_path))
-    refresher.refresh_many(["payments", "refunds"])
+    for name in ("payments", "refunds"):
+        refresher.refresh_profile(name)
     emulator.set_faults([{"mode": "echo", "count": 3}])  # a server echoing the secret back
     refresher.refresh_profile("payments", force=True)
     emulator.set_faults([{"mode": "malformed_json", "count": 1}])

@@ -134,3 +134,70 @@ def test_benchmarks_import_the_tools_from_the_package_not_from_tests() -> None:
     for path in sorted((REPO / "bench").glob("*.py")):
         text = path.read_text()
         assert "sys.path.insert" not in text and "from tests" not in text, path.name
+
+
+# -- one door to Redis, one event encoding (issue 11) ----------------------------------------
+
+STORE_MODULES = {"store.py", "store_guard.py", "store_status.py"}
+
+
+def _package_sources() -> dict[str, str]:
+    # the development tools (token_worker/testing) drive Redis directly on purpose
+    return {p.name: p.read_text() for p in sorted(PACKAGE.glob("*.py"))}
+
+
+def _calls(source: str, names: set[str]) -> list[str]:
+    """``X.name(...)`` / ``name(...)`` calls in the source, for name in ``names``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            f = node.func
+            called = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+            if called in names:
+                found.append(f"{called}@{node.lineno}")
+    return found
+
+
+def _store_internals(source: str) -> list[str]:
+    """Reaches into a store's client or keys: ``<x>.store.redis``, ``store.keys`` ..."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in ("redis", "keys", "_redis"):
+            owner = node.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if name in ("store", "_store"):
+                found.append(f"{name}.{node.attr}@{node.lineno}")
+    return found
+
+
+def test_only_the_store_reaches_into_redis() -> None:
+    offenders = {name: hits for name, src in _package_sources().items()
+                 if name not in STORE_MODULES and (hits := _store_internals(src))}
+    assert not offenders, offenders
+    # the check sees what it looks for
+    assert _store_internals("store.redis.get(k)\nself.store.keys.token(p)\n") == \
+        ["store.redis@1", "store.keys@2"]
+
+
+def test_redis_clients_are_built_in_one_module() -> None:
+    builders = {"Redis", "ConnectionPool", "from_url", "RedisCluster", "Sentinel",
+                "StrictRedis", "SentinelConnectionPool"}
+    offenders = {name: hits for name, src in _package_sources().items()
+                 if name != "connection.py" and (hits := _calls(src, builders))}
+    assert not offenders, offenders
+    assert _calls("redis.Redis(connection_pool=p)\nx.from_url(u)\n", builders) == \
+        ["Redis@1", "from_url@2"]
+
+
+def test_events_are_encoded_and_parsed_in_one_module() -> None:
+    # Event.encode()/Event.parse() live in events.py; nobody else splits or joins lines
+    offenders = {}
+    for name, src in _package_sources().items():
+        if name == "events.py":
+            continue
+        hits = [f"{n}@{i}" for i, line in enumerate(src.splitlines(), 1)
+                for n in ("keys.events()", '"message"]["data"]', "data.split(")
+                if n in line and name not in STORE_MODULES | {"subscriber.py"}]
+        if hits:
+            offenders[name] = hits
+    assert not offenders, offenders

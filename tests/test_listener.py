@@ -88,7 +88,8 @@ def test_store_back_empty_gets_every_profile_republished_without_beat(
                                       "refunds": ["client_refund"]})
         config = load_config(path)
         refresher = Refresher.from_config(config)
-        refresher.refresh_many(["payments", "refunds"])
+        for name in ("payments", "refunds"):
+            refresher.refresh_profile(name)
         listener = start(config)
         server.kill()
         assert wait_until(lambda: not listener.subscribed.is_set(), 5)

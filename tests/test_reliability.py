@@ -27,7 +27,7 @@ from token_worker.store import TokenStore
 from token_worker.testing.emulator import Emulator
 from token_worker.tokens import Token
 
-from .support import REPO, env_with, python, write_config
+from .support import REPO, env_with, python, raw_status, write_config
 
 # answers that must never be published; all but html and malformed_json carry a real token
 MALFORMED = ["html", "malformed_json", "missing_token", "bad_expires", "wrong_token_type",
@@ -35,7 +35,7 @@ MALFORMED = ["html", "malformed_json", "missing_token", "bad_expires", "wrong_to
 
 
 def next_attempt_in(refresher: Refresher, profile: str = "payments") -> float:
-    return float(refresher.store.status(profile)["next_attempt_at"]) - refresher.store.time()
+    return float(raw_status(refresher.store, profile)["next_attempt_at"]) - refresher.store.time()
 
 
 # -- retry and backoff ------------------------------------------------------------------
@@ -76,7 +76,7 @@ def test_revoked_secret_logs_error_once_per_change_and_retries_slowly(
     assert attempt() == ("invalid_scope WARNING", 1)
     emulator.set_faults([{"mode": "oauth_error", "error": "invalid_client"}])
     assert attempt() == ("invalid_client ERROR", 1)
-    assert refresher.store.status("payments")["consecutive_failures"] == "5"
+    assert raw_status(refresher.store)["consecutive_failures"] == "5"
     assert emulator.calls == 5
 
 

@@ -10,7 +10,7 @@ import redis
 
 from token_worker.store import REJECTED_COOLDOWN_SECONDS, TokenStore
 
-from .support import make_token
+from .support import make_token, raw_status
 
 
 def test_tokens_are_ordered_by_issue_time_not_by_expiry(store: TokenStore,
@@ -69,7 +69,7 @@ def test_publish_is_fenced_by_the_lock_owner(store: TokenStore, rds: redis.Redis
 def test_success_status_is_written_with_the_token(store: TokenStore) -> None:
     token = make_token(store, 60)
     store.publish("payments", token)
-    status = store.status("payments")
+    status = raw_status(store)
     assert status["consecutive_failures"] == "0"
     assert status["last_error"] == ""
     assert float(status["issued_at"]) == pytest.approx(token.issued_at)
@@ -106,7 +106,7 @@ def test_a_missing_token_waits_out_a_failure_backoff(store: TokenStore) -> None:
     now = store.time()
     assert store.record_failure("payments", now, "HTTP 503", "server_error", now + 30)
     assert store.due(["payments"])[1] == []  # the backoff stands: an outage is not a storm
-    store.schedule_at("payments", now - 1)
+    store.redis.zadd(store.keys.schedule(), {"payments": now - 1})
     assert store.due(["payments"])[1] == ["payments"]
 
 
@@ -114,7 +114,7 @@ def test_due_leaves_profiles_it_does_not_know_alone(store: TokenStore) -> None:
     # another worker's config (a rolling deploy, a second app on the prefix) has "retired"
     now = store.time()
     store.publish("payments", make_token(store, 300, refresh_in=100))
-    store.schedule_at("retired", now + 100)
+    store.redis.zadd(store.keys.schedule(), {"retired": now + 100})
     assert store.due(["payments", "refunds"])[1] == ["refunds"]
     assert store.schedule()["retired"] == pytest.approx(now + 100)
 
@@ -184,4 +184,4 @@ def test_a_failure_after_a_newer_success_is_fenced_out(store: TokenStore) -> Non
     store.publish("payments", make_token(store, 300))
     assert store.record_failure("payments", store.time(), "timed out", "timeout",
                                 store.time() + 2, "lapsed-owner", started) is None
-    assert store.status("payments")["consecutive_failures"] == "0"
+    assert raw_status(store)["consecutive_failures"] == "0"

@@ -14,7 +14,7 @@ from token_worker.keys import Keys
 from token_worker.store import TokenStore, connect_redis
 from token_worker.tokens import fingerprint
 
-from .support import make_token, wait_until
+from .support import make_token, raw_status, wait_until
 
 # -- keys -------------------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ def test_due_follows_the_schedule(store: TokenStore) -> None:
     now = store.time()
     store.publish("payments", make_token(store, 300, refresh_in=100))
     store.publish("refunds", make_token(store, 300, refresh_in=100))
-    store.schedule_at("refunds", now - 1)
+    store.redis.zadd(store.keys.schedule(), {"refunds": now - 1})
     assert store.due(["payments", "refunds"])[1] == ["refunds"]
 
 
@@ -206,14 +206,14 @@ def test_failures_count_up_and_success_clears_them(store: TokenStore) -> None:
     assert store.record_failure("payments", now, "HTTP 503", "server_error", now + 5) == (1, "")
     assert store.record_failure("payments", now, "HTTP 503", "server_error", now + 9) == \
         (2, "server_error")
-    status = store.status("payments")
+    status = raw_status(store)
     assert status["consecutive_failures"] == "2"
     assert status["last_error"] == "HTTP 503"
     assert float(status["next_attempt_at"]) == pytest.approx(now + 9)
     assert store.schedule()["payments"] == pytest.approx(now + 9)
     token = make_token(store, 60)
     store.publish("payments", token)
-    status = store.status("payments")
+    status = raw_status(store)
     assert status["consecutive_failures"] == "0"
     assert status["last_error"] == ""
     assert float(status["last_success_at"]) == pytest.approx(token.issued_at)

@@ -9,6 +9,7 @@ import time
 import pytest
 from freezegun import freeze_time
 
+from token_worker.testing.clock import ManualClock
 from token_worker.tokens import (
     JITTER_CAP_SECONDS,
     Token,
@@ -19,6 +20,7 @@ from token_worker.tokens import (
 )
 
 T0 = "2024-06-01 12:00:00"
+T0_UNIX = 1_717_243_200.0  # T0 as Unix seconds (UTC)
 
 
 class Extreme(random.Random):
@@ -122,33 +124,35 @@ def test_states_are_the_contract_strings() -> None:
 # -- Token ------------------------------------------------------------------------------
 
 def test_expires_in_counts_down_on_the_monotonic_clock() -> None:
-    with freeze_time(T0) as clock:
-        data = {"access_token": "tok", "token_type": "Bearer", "scope": "a b",
-                "issued_at": time.time(), "expires_at": time.time() + 100,
-                "refresh_at": time.time() + 50}
-        token = Token.from_dict(data, ttl=100.0)
-        assert token.expires_in == pytest.approx(100.0)
-        clock.tick(30)
-        assert token.expires_in == pytest.approx(70.0)
-        clock.tick(100)
-        assert token.expires_in == 0.0  # never negative
+    clock = ManualClock(wall=T0_UNIX)
+    data = {"access_token": "tok", "token_type": "Bearer", "scope": "a b",
+            "issued_at": clock.wall(), "expires_at": clock.wall() + 100,
+            "refresh_at": clock.wall() + 50}
+    token = Token.from_dict(data, ttl=100.0, clock=clock.clock)
+    assert token.expires_in == pytest.approx(100.0)
+    clock.advance(30)
+    assert token.expires_in == pytest.approx(70.0)
+    clock.step_wall(-3600)  # a wall-clock step moves nothing
+    assert token.expires_in == pytest.approx(70.0)
+    clock.advance(100)
+    assert token.expires_in == 0.0  # never negative
 
 
 def test_redis_ttl_wins_over_a_wrong_local_wall_clock() -> None:
-    with freeze_time(T0):
-        # expires_at says long dead by this host's clock; Redis says 50s left
-        data = {"access_token": "tok", "token_type": "Bearer", "scope": "a",
-                "issued_at": 0.0, "expires_at": 10.0}
-        token = Token.from_dict(data, ttl=50.0)
-        assert token.expires_in == pytest.approx(50.0)
-        assert token.refresh_at == 10.0  # defaults to expires_at when absent
+    clock = ManualClock(wall=T0_UNIX)
+    # expires_at says long dead by this host's clock; Redis says 50s left
+    data = {"access_token": "tok", "token_type": "Bearer", "scope": "a",
+            "issued_at": 0.0, "expires_at": 10.0}
+    token = Token.from_dict(data, ttl=50.0, clock=clock.clock)
+    assert token.expires_in == pytest.approx(50.0)
+    assert token.refresh_at == 10.0  # defaults to expires_at when absent
 
 
 def test_without_ttl_remaining_life_comes_from_expires_at() -> None:
-    with freeze_time(T0):
-        data = {"access_token": "tok", "token_type": "Bearer", "scope": "a",
-                "issued_at": time.time(), "expires_at": time.time() + 42}
-        assert Token.from_dict(data).expires_in == pytest.approx(42.0)
+    clock = ManualClock(wall=T0_UNIX)
+    data = {"access_token": "tok", "token_type": "Bearer", "scope": "a",
+            "issued_at": clock.wall(), "expires_at": clock.wall() + 42}
+    assert Token.from_dict(data, clock=clock.clock).expires_in == pytest.approx(42.0)
 
 
 def test_published_json_round_trips() -> None:

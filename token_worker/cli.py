@@ -53,6 +53,7 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str, log_format:
     """Fleet-wide Stitch client tokens, refreshed by Celery and read from Redis."""
     setup_logging(log_level.upper(), log_format)
     ctx.obj = State(config_path)
+    ctx.call_on_close(ctx.obj.close)
 
 
 # -- status / check -----------------------------------------------------------
@@ -63,7 +64,7 @@ def cli(ctx: click.Context, config_path: str | None, log_level: str, log_format:
 @_errors
 def status(state: State, as_json: bool, watch: bool) -> None:
     """Show every profile's token state (needs only Redis)."""
-    store = state.store()
+    store = state.store
     if watch:
         # Ctrl-C ends a watch cleanly (exit 0), whatever it interrupts (a Redis read too)
         signal.signal(signal.SIGINT, lambda *_: sys.exit(EXIT_OK))
@@ -99,7 +100,7 @@ def status(state: State, as_json: bool, watch: bool) -> None:
 @_errors
 def check(state: State, min_ttl: float) -> None:
     """Exit 0 when every profile has a token with at least --min-ttl seconds left."""
-    rows = read_statuses(state.config, state.store())
+    rows = read_statuses(state.config, state.store)
     failing = [r for r in rows if r.expires_in is None or r.expires_in < min_ttl]
     for r in failing:
         left = "no token" if r.expires_in is None else f"{r.expires_in:.0f}s left"
@@ -118,7 +119,9 @@ def check(state: State, min_ttl: float) -> None:
 @click.option("--local", is_flag=True,
               help="Refresh in this process (still under the fleet-wide lock).")
 @click.option("--wait", type=Seconds(), default=None, metavar="SECONDS",
-              help="Wait until the new token is published; exit 1 at the deadline.")
+              help="Wait until the new token is published; exit 1 at the deadline. With "
+                   "--local the refresh always waits (for a lock holder's token, up to the "
+                   "lock TTL): --wait sets that deadline instead.")
 @pass_state
 @_errors
 def refresh(state: State, profiles: tuple[str, ...], all_: bool, force: bool, local: bool,
@@ -138,7 +141,10 @@ def refresh(state: State, profiles: tuple[str, ...], all_: bool, force: bool, lo
         _refresh_remote(state, names, force, wait)
 
 
-def _refresh_local(config: Config, names: list[str], force: bool, wait: float | None) -> None:
+def _refresh_local(config: Config, names: list[str], force: bool,
+                   deadline: float | None) -> None:
+    """Refresh here. ``deadline`` (``--wait``): how long a profile whose lock another
+    process holds may wait for that holder's token (default: the lock TTL)."""
     from .refresh import Outcome, Refresher
 
     problems = credential_problems(config)
@@ -150,8 +156,10 @@ def _refresh_local(config: Config, names: list[str], force: bool, wait: float | 
         requested_at = refresher.store.time()
         for name in names:
             result = refresher.refresh_profile(name, force, requested_at=requested_at,
-                                               wait_seconds=wait)
+                                               wait_seconds=deadline)
             detail = f" fingerprint={result.fingerprint}" if result.fingerprint else ""
+            if result.reason is not None and result.outcome is not Outcome.FAILED:
+                detail = f" reason={result.reason}{detail}"
             if result.outcome is Outcome.FAILED:
                 failed += 1
                 detail = f": {result.error}"
@@ -166,7 +174,7 @@ def _refresh_remote(state: State, names: list[str], force: bool, wait: float | N
     from .dispatch import send_refresh
     from .waiting import wait_for_refresh
 
-    store = state.store()
+    store = state.store
     requested_at = store.time()
     send_refresh(state.config, names, force=force, requested_at=requested_at)
     click.echo(f"sent {'forced ' if force else ''}refresh for {', '.join(names)} "
@@ -197,7 +205,7 @@ def purge(state: State, profile: str, yes: bool) -> None:
     if not yes and not click.confirm(f"Delete the token of {profile!r}? Readers will get no "
                                      f"token until it is refreshed", default=False):
         raise Fail("not confirmed; nothing deleted")
-    deleted = state.store().purge(profile)
+    deleted = state.store.purge(profile)
     click.echo(f"{profile}: {'token deleted' if deleted else 'had no token'}; due now")
 
 
@@ -219,7 +227,7 @@ def forget(state: State, profile: str, yes: bool) -> None:
     if not yes and not click.confirm(f"Remove profile {profile!r} from the fleet? Readers "
                                      f"will be told it is unknown", default=False):
         raise Fail("not confirmed; nothing removed")
-    store = state.store()
+    store = state.store
     known = profile in store.registered_profiles()
     store.forget(profile)
     click.echo(f"{profile}: forgotten" + ("" if known else " (it was not registered)"))

@@ -10,12 +10,11 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
-import redis
 
 from .config import Config, load_config
 from .exceptions import ConfigError, TokenWorkerError
 from .status import ProfileStatus
-from .store import TokenStore, connect_redis
+from .store import TokenStore
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Fail", "Seconds", "State", "Usage",
            "errors", "render_certificates", "render_table"]
@@ -51,8 +50,6 @@ def errors(func: F) -> F:
             if len(exc.problems) == 1:  # one problem, one line
                 raise Usage(f"invalid config: {exc.problems[0]}") from None
             raise Usage("\n  ".join(["invalid config:", *exc.problems])) from None
-        except redis.RedisError as exc:
-            raise Fail(f"Redis unreachable: {type(exc).__name__}: {exc}") from None
         except TokenWorkerError as exc:
             raise Fail(str(exc)) from None
 
@@ -63,6 +60,7 @@ class State:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self._config: Config | None = None
+        self._store: TokenStore | None = None
 
     @property
     def config(self) -> Config:
@@ -70,16 +68,22 @@ class State:
             self._config = load_config(self.config_path)
         return self._config
 
+    @property
     def store(self) -> TokenStore:
-        from .crypto import codec_for
+        """The config's store, opened once per command (and closed with it)."""
+        if self._store is None:
+            from .crypto import codec_for
 
-        r = self.config.redis
-        codec = codec_for(self.config) if (r.encryption_keys_env or r.encryption_keys_file) \
-            else None
-        client = connect_redis(r.url, tls_ca_file=r.tls_ca_file, tls_cert_file=r.tls_cert_file,
-                               tls_key_file=r.tls_key_file,
-                               socket_timeout=r.socket_timeout_seconds)
-        return TokenStore(client, r.prefix, codec=codec)
+            r = self.config.redis
+            codec = codec_for(self.config) if (r.encryption_keys_env or r.encryption_keys_file) \
+                else None
+            self._store = TokenStore.open(r, codec=codec)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 

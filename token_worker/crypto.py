@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from .exceptions import ConfigError, StoreError
 
 if TYPE_CHECKING:
+    from .codec import TokenCodec
     from .config import Config
-    from .store import TokenCodec
 
 __all__ = ["AesGcmCodec", "codec_for", "generate_key", "parse_keys"]
 

@@ -9,6 +9,7 @@ anything left of its process group, then the private Redis.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -23,15 +24,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import redis
-
 from .cli_support import render_table
 from .config import Config, load_config, parse_config, redact_url
 from .constants import DEFAULT_PATH, ENV_REDIS_URL
-from .exceptions import TokenWorkerError
-from .keys import Keys
+from .exceptions import StoreError, TokenWorkerError
 from .status import read_statuses
-from .store import TokenStore, connect_redis
+from .store import RedisTarget, TokenStore
 from .testing import Emulator, RedisServer, Worker, celery_worker, worker_env, write_config
 
 __all__ = ["DEMO_PREFIX", "DEMO_QUEUE", "run_demo"]
@@ -50,10 +48,14 @@ WORKER_STOP_SECONDS = 20.0
 
 
 def _answers(url: str) -> bool:
+    store = TokenStore.open(RedisTarget(url, socket_timeout_seconds=1.0))
     try:
-        return bool(connect_redis(url, socket_timeout=1.0).ping())
-    except (redis.RedisError, OSError):
+        store.time()
+        return True
+    except StoreError:
         return False
+    finally:
+        store.close()
 
 
 def _configured_redis_url(config_path: str | None) -> str:
@@ -112,16 +114,10 @@ def _frame(config: Config, store: TokenStore, emulator: Emulator, redis_note: st
 
 
 def _cleanup_keys(store: TokenStore) -> None:
-    keys = Keys(DEMO_PREFIX)
     # the queue and its bindings (kombu expires the shared pidbox bookkeeping itself)
-    names = [keys.schedule(), keys.profiles(), DEMO_QUEUE, f"_kombu.binding.{DEMO_QUEUE}",
-             f"_kombu.binding_permanent.{DEMO_QUEUE}"]
-    for profile in PROFILES:
-        names += [keys.token(profile), keys.status(profile), keys.lock(profile)]
-    try:
-        store.redis.delete(*names)
-    except (redis.RedisError, OSError):
-        pass
+    queue = [DEMO_QUEUE, f"_kombu.binding.{DEMO_QUEUE}", f"_kombu.binding_permanent.{DEMO_QUEUE}"]
+    with contextlib.suppress(StoreError):
+        store.clear(PROFILES, extra=queue)
 
 
 def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
@@ -170,7 +166,7 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
         emulator.start()
         config_file = workdir / "token_worker.toml"
         config = _demo_config(config_file, redis_url, emulator.url, lifetime)
-        store = TokenStore(connect_redis(redis_url), DEMO_PREFIX)
+        store = TokenStore.open(RedisTarget(redis_url, DEMO_PREFIX))
         logpath = workdir / "worker.log"
         worker = _start_worker(config_file, secret, workdir)
         print(f"demo: worker pid {worker.proc.pid}, log {logpath}, config {config_file}",

@@ -1,6 +1,6 @@
 """Why a reader has no token for a profile: the message ``TokenUnavailable`` carries.
 
-Split from :mod:`token_worker.reader`; imports only redis and the standard library.
+Split from :mod:`token_worker.reader`; imports only the store and the standard library.
 """
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ from __future__ import annotations
 import time
 from collections.abc import Set
 
-import redis
-
-from .exceptions import TokenUnavailable
+from .exceptions import StoreError, TokenUnavailable
+from .records import StatusRecord
 from .store import TokenStore
 
 __all__ = ["diagnose", "last_error"]
@@ -19,8 +18,8 @@ __all__ = ["diagnose", "last_error"]
 def last_error(store: TokenStore, profile: str) -> str | None:
     """The last refresh error on record (never a secret: refresh writes it), or None."""
     try:
-        return store.status(profile).get("last_error") or None
-    except (redis.RedisError, OSError):
+        return store.status(profile).last_error
+    except StoreError:
         return None
 
 
@@ -34,23 +33,17 @@ def diagnose(store: TokenStore, profile: str, profiles: Set[str] | None) -> Toke
         known = ", ".join(sorted(profiles))
         return TokenUnavailable(profile, "unknown_profile",
                                 f"unknown profile (configured: {known})")
-    keys = store.keys
     try:
-        pipe = store.redis.pipeline(transaction=False)
-        pipe.hgetall(keys.status(profile))
-        pipe.exists(keys.profiles())
-        pipe.hexists(keys.profiles(), profile)
-        pipe.time()  # ages on the fleet clock, as everything else here
-        status, registry, listed, (sec, usec) = pipe.execute()
-        now = sec + usec / 1_000_000
-    except (redis.RedisError, OSError):
-        status, registry, listed, now = {}, 0, False, time.time()
-    error = status.get("last_error") or None
-    if profiles is None and registry and not listed:
+        # ages on the fleet clock, as everything else here
+        record, listed, now = store.why_missing(profile)
+    except StoreError:
+        record, listed, now = StatusRecord(), None, time.time()
+    error = record.last_error
+    if profiles is None and listed is False:
         return TokenUnavailable(profile, "unknown_profile",
                                 "unknown profile (no worker has it configured)")
-    if status.get("last_success_at"):
-        age = now - float(status["last_success_at"])
+    if record.last_success_at is not None:
+        age = now - record.last_success_at
         return TokenUnavailable(profile, "expired",
                                 f"expired (last successful refresh {age:.0f}s ago)", error)
     return TokenUnavailable(profile, "never_fetched",

@@ -5,7 +5,8 @@
     TokenWorkerError
     ├── ConfigError              invalid configuration; .problems lists each one
     ├── TokenRequestError        the token endpoint refused or failed; .retryable
-    ├── StoreError               Redis could not be reached or answered oddly
+    ├── StoreError               Redis refused a command, or holds what cannot be read
+    │   └── StoreUnavailable     Redis could not be reached (connection, timeout)
     └── TokenUnavailable         a reader has no unexpired token for a profile
 
 No message built here ever contains a token or a client secret: callers pass
@@ -17,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "StoreError",
+    "StoreUnavailable",
     "TokenRequestError",
     "TokenUnavailable",
     "TokenWorkerError",
@@ -80,7 +82,16 @@ def _rebuild_request_error(
 
 
 class StoreError(TokenWorkerError):
-    """Redis could not be reached, or held something token_worker cannot read."""
+    """Redis refused a command, or held something token_worker cannot read.
+
+    Every Redis error raised inside :class:`~token_worker.store.TokenStore` surfaces as
+    this (the redis-py error is its ``__cause__``); its message names the server, never
+    a key's value.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """Redis could not be reached: refused, timed out, or the connection dropped."""
 
 
 class TokenUnavailable(TokenWorkerError):

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import logging
 
-import redis
-
 from .events import Event
+from .exceptions import StoreError
 from .refresh import Refresher
 from .subscriber import Subscriber
 
@@ -59,7 +58,7 @@ class Listener(Subscriber):
     def _on_down(self, error: Exception | None) -> None:
         if error is None:
             return  # stopped
-        if isinstance(error, redis.RedisError | OSError):
+        if isinstance(error, StoreError):
             if not self._down_since_subscribed:  # once per outage, not once per attempt
                 log.warning("listener: token store unreachable, retrying: %s", error)
         else:
@@ -76,7 +75,7 @@ class Listener(Subscriber):
         try:
             self.refresher.sync_profiles()
             due = self.refresher.due_profiles()
-        except (redis.RedisError, OSError) as exc:
+        except StoreError as exc:
             log.warning("listener: token store back but not answering: %s", exc)
             return
         log.info("listener: token store reachable again; due profiles=%s",
@@ -96,7 +95,7 @@ class Listener(Subscriber):
             # scheduled: when another worker's listener attempted first and failed, its
             # backoff stands (every worker hears each report)
             result = self.refresher.refresh_profile(profile, scheduled=True)
-        except (redis.RedisError, OSError) as exc:
+        except StoreError as exc:
             # the schedule still says due: beat retries once Redis answers
             log.warning("listener: profile=%s (%s) refresh skipped, token store "
                         "unreachable: %s", profile, why, exc)
@@ -105,4 +104,5 @@ class Listener(Subscriber):
             # whatever went wrong, the listener must keep listening
             log.exception("listener: profile=%s (%s) refresh raised", profile, why)
             return
-        log.info("listener: profile=%s (%s) refresh outcome=%s", profile, why, result.outcome)
+        log.info("listener: profile=%s (%s) refresh outcome=%s reason=%s", profile, why,
+                 result.outcome, result.reason)

@@ -22,7 +22,6 @@ worker, whatever the pool size, and counts survive recycled children.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -31,12 +30,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from ._version import __version__
 from .config import Config, redact_url
+from .exceptions import StoreError
 from .status import read_statuses
-from .store import TokenStore, connect_redis
+from .store import TokenStore
 from .tokens import TokenState
 
 if TYPE_CHECKING:
@@ -95,13 +93,6 @@ def _require_prometheus() -> None:
         raise ImportError(MISSING_EXTRA) from None
 
 
-def _lock_seconds(pttl: int | None) -> float:
-    # PTTL -1: a lock with no expiry (set by hand, or restored from a dump) never frees
-    if pttl == -1:
-        return math.inf
-    return pttl / 1000.0 if pttl and pttl > 0 else 0.0
-
-
 class RedisStatusCollector:
     """Per-profile gauges, read from Redis on every scrape (one pipelined round trip).
 
@@ -112,12 +103,8 @@ class RedisStatusCollector:
     def __init__(self, config: Config, store: TokenStore | None = None) -> None:
         self.config = config
         if store is None:
-            r = config.redis
-            client = connect_redis(r.url, tls_ca_file=r.tls_ca_file,
-                                   tls_cert_file=r.tls_cert_file, tls_key_file=r.tls_key_file,
-                                   socket_timeout=r.socket_timeout_seconds)
             # statuses need no decryption: no codec, so no keys on the exporter
-            store = TokenStore(client, r.prefix)
+            store = TokenStore.open(config.redis)
         self.store = store
 
     def describe(self) -> list[Metric]:
@@ -136,14 +123,9 @@ class RedisStatusCollector:
         yield info
         up = gauge("token_worker_up", [])
         try:
-            rows = read_statuses(self.config, self.store)
-            names = [r.profile for r in rows]
-            pipe = self.store.redis.pipeline(transaction=False)
-            for name in names:
-                pipe.pttl(self.store.keys.lock(name))
-            lock_pttls = pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("metrics: Redis unreachable: %s: %s", type(exc).__name__, exc)
+            rows = read_statuses(self.config, self.store, locks=True)
+        except StoreError as exc:
+            log.warning("metrics: %s", exc)
             up.add_metric([], 0)
             yield up
             return
@@ -159,7 +141,7 @@ class RedisStatusCollector:
         margin = gauge("token_worker_refresh_margin_seconds")
         interval = gauge("token_worker_refresh_interval_seconds")
         lock = gauge("token_worker_refresh_lock_seconds")
-        for row, pttl in zip(rows, lock_pttls, strict=True):
+        for row in rows:
             p = [row.profile]
             expires.add_metric(p, row.expires_in or 0.0)
             if row.refresh_in is not None:
@@ -171,7 +153,7 @@ class RedisStatusCollector:
             attempt.add_metric(p, row.last_attempt_at or 0.0)
             margin.add_metric(p, self.config.margin_for(row.profile))
             interval.add_metric(p, self.config.refresh.interval_seconds)
-            lock.add_metric(p, _lock_seconds(pttl))
+            lock.add_metric(p, row.lock_ttl)
         yield from (expires, refresh_in, state, failures, success, attempt, margin, interval,
                     lock)
 

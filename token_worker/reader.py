@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from .clock import SYSTEM, Clock
 from .diagnosis import diagnose, last_error
-from .exceptions import StoreError, TokenUnavailable
+from .exceptions import StoreError, StoreUnavailable, TokenUnavailable
 from .invalidation import Invalidator
-from .store import TokenCodec, TokenStore, connect_redis, describe_redis
+from .store import TokenCodec, TokenStore, client_for, connect_redis
 from .tokens import Token, bounded_ttl, fingerprint
 
 if TYPE_CHECKING:
@@ -126,10 +126,12 @@ class TokenReader:
         profiles: list[str] | None = None,
         codec: TokenCodec | None = None,
         client: redis.Redis | None = None,
+        clock: Clock = SYSTEM,
         **redis_options: Any,
     ) -> None:
         self.store = TokenStore(client or connect_redis(redis_url, **redis_options), prefix,
                                 codec=codec)
+        self.clock = clock
         self.min_ttl = min_ttl
         self.min_ttls = dict(min_ttls or {})
         self.cache_enabled = cache
@@ -179,14 +181,10 @@ class TokenReader:
 
             codec = codec_for(config)
         options.setdefault("profiles", list(config.profiles))
-        client = connect_redis(r.url, tls_ca_file=r.tls_ca_file, tls_cert_file=r.tls_cert_file,
-                               tls_key_file=r.tls_key_file,
-                               socket_timeout=r.socket_timeout_seconds)
-        return cls(prefix=r.prefix, client=client, codec=codec, **options)
+        return cls(prefix=r.prefix, client=client_for(r), codec=codec, **options)
 
     def __repr__(self) -> str:
-        return f"TokenReader(redis={describe_redis(self.store.redis)!r}, " \
-               f"prefix={self.store.keys.prefix!r})"
+        return f"TokenReader(redis={self.store.where!r}, prefix={self.store.prefix!r})"
 
     def close(self) -> None:
         """Stop the invalidation listener and close the Redis connections."""
@@ -194,7 +192,7 @@ class TokenReader:
         if inv is not None:
             inv.stop()
             inv.join(timeout=2.0)  # it wakes within a second: get_message(timeout=1.0)
-        self.store.redis.close()
+        self.store.close()
 
     # -- cache ---------------------------------------------------------------
     def _invalidate(self, profile: str) -> None:
@@ -243,8 +241,8 @@ class TokenReader:
             self._after_fork()  # forked without the at-fork hook having run
         if self.cache_enabled:
             entry = self._cache.get(profile)
-            now = time.monotonic()
-            if (entry is not None and self._alive(profile, entry.token, entry.read_at, now)
+            now = self.clock.monotonic()
+            if (entry is not None and self._alive(profile, entry.token, now)
                     and now < entry.fresh_until and self._listening()):
                 return entry.token
         try:
@@ -266,19 +264,18 @@ class TokenReader:
         generation = self._generation.get(profile, 0)
         # taken before the request: a reply delayed on its way back (a slow network, a
         # descheduled process) shortens the deadline instead of stretching it
-        sent_at = time.monotonic()
+        sent_at = self.clock.monotonic()
         try:
             value, pttl, fleet_now = self.store.read_raw(profile)
-        except (redis.RedisError, OSError):
+        except StoreError as exc:
             last = self._last.get(profile)
             if (self.serve_stale and last is not None
-                    and self._alive(profile, last[0], last[1], time.monotonic())
+                    and self._alive(profile, last[0], self.clock.monotonic())
                     and self._rejected.get(profile) != last[0].fingerprint):
                 return last[0]
             if self.profiles is not None and profile not in self.profiles:
                 raise self._diagnose(profile) from None  # a typo, whatever Redis is doing
-            raise TokenUnavailable(profile, "redis_unreachable",
-                                   f"Redis unreachable at {describe_redis(self.store.redis)}"
+            raise TokenUnavailable(profile, "redis_unreachable", _unreachable(self.store, exc)
                                    ) from None
         if value is None:
             raise self._diagnose(profile)
@@ -298,8 +295,8 @@ class TokenReader:
             except StoreError as exc:
                 reason = "encrypted" if "encrypt" in str(exc) else "unreadable"
                 raise TokenUnavailable(profile, reason, str(exc)) from None
-            token = decoded.with_deadline(sent_at + bounded_ttl(pttl, decoded.expires_at,
-                                                                fleet_now))
+            deadline = sent_at + bounded_ttl(pttl, decoded.expires_at, fleet_now)
+            token = decoded.with_deadline(deadline, self.clock.monotonic)
             self._decoded[profile] = (value, token)
         rejected = self._rejected.get(profile)
         # hashing the token only when a rejection is on record keeps reads cheap
@@ -307,7 +304,7 @@ class TokenReader:
             raise TokenUnavailable(profile, "rejected",
                                    "the current token was rejected by the API; waiting for "
                                    "its replacement")
-        left = token.deadline - time.monotonic()
+        left = token.deadline - self.clock.monotonic()
         min_ttl = self.min_ttl_for(profile)
         if left <= 0 or left < min_ttl:
             why = (f"the token expires in {left:.1f}s, less than min_ttl {min_ttl:g}s"
@@ -322,16 +319,11 @@ class TokenReader:
                                                   sent_at + self.cache_max_age)
         return token
 
-    def _alive(self, profile: str, token: Token, read_at: float, now: float) -> bool:
-        """Whether a token read earlier still has ``min_ttl`` left, by the local clock.
-
-        Only a clock that went back since the read could stretch a deadline past what
-        Redis said. A monotonic clock never does, but a patched one can (freezegun moves
-        ``time.monotonic`` with its fake wall clock), so a reading from the future is
-        not trusted: the caller asks Redis again.
-        """
+    def _alive(self, profile: str, token: Token, now: float) -> bool:
+        """Whether a token read earlier still has ``min_ttl`` left, by the reader's clock
+        (monotonic: a stepped or patched wall clock cannot stretch it)."""
         left = token.deadline - now
-        return read_at <= now and left > 0 and left >= self.min_ttl_for(profile)
+        return left > 0 and left >= self.min_ttl_for(profile)
 
     def _last_error(self, profile: str) -> str | None:
         return last_error(self.store, profile)
@@ -352,11 +344,12 @@ class TokenReader:
 
         try:
             # woken by any event, re-checked at least every second (channel loss)
-            token = self.store.wait_for(available, time.monotonic() + wait)
-        except (redis.RedisError, OSError):
+            token = self.store.wait_for(available, self.clock.monotonic() + wait,
+                                        monotonic=self.clock.monotonic)
+        except StoreError as exc:
             if last_exc is None:
-                raise TokenUnavailable(profile, "redis_unreachable", "Redis unreachable at "
-                                       f"{describe_redis(self.store.redis)}") from None
+                raise TokenUnavailable(profile, "redis_unreachable",
+                                       _unreachable(self.store, exc)) from None
             token = None
         if token is not None:
             return token
@@ -379,10 +372,17 @@ class TokenReader:
         self._invalidate(profile)
         try:
             first = self.store.report_rejected(profile, fp)
-        except (redis.RedisError, OSError):
+        except StoreError as exc:
             raise TokenUnavailable(profile, "redis_unreachable", "cannot report the rejected "
-                                   f"token: Redis unreachable at "
-                                   f"{describe_redis(self.store.redis)}") from None
+                                   f"token: {_unreachable(self.store, exc)}") from None
         log.info("token rejected by the API reported profile=%s fingerprint=%s first=%s",
                  profile, fp, first)
         return first
+
+
+def _unreachable(store: TokenStore, exc: StoreError) -> str:
+    """What a reader says when Redis would not serve it (no value, no password)."""
+    if isinstance(exc, StoreUnavailable):
+        return f"Redis unreachable at {store.where}"
+    cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "error"
+    return f"Redis at {store.where} refused ({cause})"

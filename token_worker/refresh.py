@@ -12,21 +12,21 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable
-
-import redis
+from typing import Any
 
 from . import metrics
 from .backoff import RETRY_SLEEP_CAP, next_attempt_delay
 from .client import IssuedToken, TokenClient
+from .clock import SYSTEM, Clock
 from .config import Config
 from .exceptions import ConfigError, StoreError, TokenRequestError
-from .outcomes import Outcome, RefreshResult, log_fields
-from .store import REJECTED_COOLDOWN_SECONDS, TokenStore, connect_redis
+from .outcomes import Outcome, Reason, RefreshResult, log_fields
+from .records import StatusRecord
+from .store import REJECTED_COOLDOWN_SECONDS, TokenStore
 from .tokens import Token, TokenState, schedule_refresh, token_state
 
-__all__ = ["Outcome", "RefreshResult", "Refresher", "next_attempt_delay"]
+__all__ = ["Outcome", "Reason", "RefreshResult", "Refresher", "next_attempt_delay"]
 
 log = logging.getLogger("token_worker.refresh")
 
@@ -39,13 +39,15 @@ class Refresher:
         store: TokenStore,
         client: TokenClient,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         rng: random.Random | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.config = config
         self.store = store
         self.client = client
-        self.sleep = sleep
+        self.clock = clock
+        self.sleep = sleep or clock.sleep
         self.rng = rng or random.Random()  # noqa: S311  (jitter, not security)
         self._functions_loaded = False
 
@@ -53,11 +55,7 @@ class Refresher:
     def from_config(cls, config: Config) -> Refresher:
         from .crypto import codec_for  # encryption at rest, when configured
 
-        r = config.redis
-        client = connect_redis(r.url, tls_ca_file=r.tls_ca_file, tls_cert_file=r.tls_cert_file,
-                               tls_key_file=r.tls_key_file,
-                               socket_timeout=r.socket_timeout_seconds)
-        store = TokenStore(client, r.prefix, codec=codec_for(config))
+        store = TokenStore.open(config.redis, codec=codec_for(config))
         endpoint = TokenClient(config.stitch.token_url, config.stitch.effective_audience,
                                config.stitch.timeout_seconds)
         return cls(config, store, endpoint)
@@ -83,7 +81,7 @@ class Refresher:
         self._functions_loaded = self.store.load_functions()
 
     def _rejected(self, profile: str, token: Token | None, now: float,
-                  status: dict[str, str] | None = None) -> bool:
+                  status: StatusRecord | None = None) -> bool:
         """The current token was reported rejected, and no refresh caused by a report
         ran within the cooldown (a report per new token must not mean a call per tick).
         ``status``: the profile's status record, when the caller has read it already."""
@@ -91,11 +89,7 @@ class Refresher:
             return False
         if status is None:
             status = self.store.status(profile)
-        last = status.get("rejected_refresh_at") or "0"
-        try:
-            return now - float(last) >= REJECTED_COOLDOWN_SECONDS
-        except ValueError:
-            return True
+        return now - (status.rejected_refresh_at or 0.0) >= REJECTED_COOLDOWN_SECONDS
 
     def _is_due(self, profile: str, token: Token | None, now: float,
                 rejected: bool | None = None) -> bool:
@@ -142,21 +136,24 @@ class Refresher:
 
         Raises:
             ConfigError: unknown profile.
-            redis.RedisError: Redis is unreachable (nothing was requested).
+            StoreError: Redis is unreachable (nothing was requested).
         """
-        result = self._refresh_profile(profile, force, requested_at=requested_at,
-                                       wait_seconds=wait_seconds, scheduled=scheduled)
-        if result.outcome in (Outcome.NOT_DUE, Outcome.DONE_ELSEWHERE):
-            # refreshed and failed are recorded with their details where they happen
-            self.store.record_outcome(profile, str(result.outcome))
+        with self.store.batch() as batch:  # the bookkeeping writes, in one round trip
+            result = self._attempt(profile, force, requested_at=requested_at,
+                                           wait_seconds=wait_seconds, scheduled=scheduled,
+                                           batch=batch)
+            if result.outcome in (Outcome.NOT_DUE, Outcome.DONE_ELSEWHERE):
+                # refreshed and failed are recorded with their details where they happen
+                self.store.record_outcome(profile, str(result.outcome),
+                                          str(result.reason or ""), pipeline=batch)
         metrics.observe_refresh(profile, str(result.outcome))
         return result
 
-    def _refresh_profile(
+    def _attempt(
         self, profile: str, force: bool = False, *, requested_at: float | None = None,
-        wait_seconds: float | None = None, scheduled: bool = False,
+        wait_seconds: float | None = None, scheduled: bool = False, batch: Any = None,
     ) -> RefreshResult:
-        """The refresh itself; :meth:`refresh_profile` wraps it to count outcomes."""
+        """The refresh itself; :meth:`refresh_profile` wraps it to record outcomes."""
         self._check_profile(profile)
         now = self.store.time()
         if requested_at is None:
@@ -167,25 +164,25 @@ class Refresher:
                 if scheduled and current is not None:
                     # the schedule said due, the token says not (a 401 reported for a
                     # token already replaced): put it back, or every tick asks again
-                    self.store.schedule_no_earlier(profile, current.refresh_at)
-                return RefreshResult(profile, Outcome.NOT_DUE)
+                    self.store.schedule_no_earlier(profile, current.refresh_at, pipeline=batch)
+                return RefreshResult(profile, Outcome.NOT_DUE, reason=Reason.TOKEN_VALID)
         ttl = self.config.lock_ttl_seconds
-        deadline = time.monotonic() + (ttl if wait_seconds is None else wait_seconds)
+        deadline = self.clock.monotonic() + (ttl if wait_seconds is None else wait_seconds)
         while True:
             owner = self.store.acquire_lock(profile, ttl)
             if owner is not None:
                 break
             if not force:
                 # someone is refreshing it right now; their result is ours
-                return RefreshResult(profile, Outcome.DONE_ELSEWHERE)
+                return RefreshResult(profile, Outcome.DONE_ELSEWHERE, reason=Reason.LOCK_HELD)
             done = self._wait_for_issue_after(profile, requested_at, deadline)
             if done is not None:
                 return RefreshResult(profile, Outcome.DONE_ELSEWHERE, done.fingerprint,
-                                     done.expires_at, done.issued_at)
-            if time.monotonic() >= deadline:
+                                     done.expires_at, done.issued_at, reason=Reason.SATISFIED)
+            if self.clock.monotonic() >= deadline:
                 return RefreshResult(profile, Outcome.FAILED,
                                      error="another refresh holds the lock; gave up waiting",
-                                     error_code="lock_busy")
+                                     error_code="lock_busy", reason=Reason.LOCK_BUSY)
         keeper = _LockKeeper(self.store, profile, owner, ttl)
         try:
             return self._refresh_locked(profile, force, requested_at, scheduled, owner)
@@ -205,9 +202,10 @@ class Refresher:
                 return (None,)  # free again: go and take it
             return None
 
-        if time.monotonic() >= deadline:
+        if self.clock.monotonic() >= deadline:
             return None
-        found = self.store.wait_for(settled, deadline, every=0.5)
+        found = self.store.wait_for(settled, deadline, every=0.5,
+                                    monotonic=self.clock.monotonic)
         return found[0] if found else None
 
     def _refresh_locked(self, profile: str, force: bool, requested_at: float,
@@ -216,31 +214,27 @@ class Refresher:
         current = self._read_token(profile)
         # read once: under the lock no other process can change it meanwhile
         status = self.store.status(profile)
-        try:
-            failures = int(float(status.get("consecutive_failures") or 0))
-        except ValueError:
-            failures = 0
+        failures = status.failures
         rejected = self._rejected(profile, current, now, status)
         # re-read under the lock: another process may have just finished
         if force:
             if current is not None and current.issued_at >= requested_at:
                 return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current.fingerprint,
-                                     current.expires_at, current.issued_at)
-        elif not self._is_due(profile, current, now, rejected):
-            if current is None:  # only a missing token cut short by a backoff gets here
-                return RefreshResult(profile, Outcome.NOT_DUE)
+                                     current.expires_at, current.issued_at,
+                                     reason=Reason.SATISFIED)
+        elif current is not None and not self._is_due(profile, current, now, rejected):
             return RefreshResult(profile, Outcome.DONE_ELSEWHERE, current.fingerprint,
-                                 current.expires_at, current.issued_at)
+                                 current.expires_at, current.issued_at, reason=Reason.SATISFIED)
         elif scheduled and failures and (self.store.next_due(profile) or 0.0) > now:
             # an attempt since this refresh was sent failed and set a backoff: the next
             # attempt is the schedule's to make, not this stale message's
-            return RefreshResult(profile, Outcome.DONE_ELSEWHERE)
+            return RefreshResult(profile, Outcome.DONE_ELSEWHERE, reason=Reason.STALE_MESSAGE)
         self.store.record_attempt(profile, now)
-        started = time.monotonic()
+        started = self.clock.monotonic()
         issued, error, calls, sent_at = self._request(profile, failures)
         if issued is None:
             assert error is not None
-            return self._failed(profile, error, current, calls, time.monotonic() - started,
+            return self._failed(profile, error, current, calls, self.clock.monotonic() - started,
                                 failures, owner, now)
         if current is not None and issued.access_token == current.access_token:
             # the server handed back the token it already gave us (some cache theirs):
@@ -248,7 +242,7 @@ class Refresher:
             same = TokenRequestError(
                 "the token endpoint returned the current token again (no newer token yet)",
                 error="token_unchanged", retryable=True)
-            return self._failed(profile, same, current, calls, time.monotonic() - started,
+            return self._failed(profile, same, current, calls, self.clock.monotonic() - started,
                                 failures, owner, now)
         issued_at = now + sent_at
         expires_at = issued_at + issued.expires_in
@@ -268,15 +262,16 @@ class Refresher:
             self.store.delete_token(profile)
             written = self.store.publish(profile, token, owner,
                                          rejected_refresh_at=now if rejected else None)
-        duration = time.monotonic() - started
+        duration = self.clock.monotonic() - started
         if written != 1:
             # a newer token won the race, our lock was taken over, or ours died in transit
-            reason = {0: "newer token already published", -2: "lock taken over (superseded)"
-                      }.get(written, "expired in transit")
+            reason = {0: Reason.NEWER_TOKEN, -2: Reason.SUPERSEDED
+                      }.get(written, Reason.EXPIRED_IN_TRANSIT)
             log.info("refresh profile=%s outcome=done_elsewhere fingerprint=%s duration=%.3fs "
                      "reason=%s", profile, token.fingerprint, duration, reason,
-                     extra=log_fields(profile, "done_elsewhere", duration, token.fingerprint))
-            return RefreshResult(profile, Outcome.DONE_ELSEWHERE, calls=calls)
+                     extra=log_fields(profile, "done_elsewhere", duration, token.fingerprint,
+                                      reason=str(reason)))
+            return RefreshResult(profile, Outcome.DONE_ELSEWHERE, calls=calls, reason=reason)
         log.info("refresh profile=%s outcome=refreshed fingerprint=%s expires_in=%.0fs "
                  "duration=%.3fs calls=%d", profile, token.fingerprint, issued.expires_in,
                  duration, calls,
@@ -298,17 +293,17 @@ class Refresher:
         client = self.config.client_for(profile)
         scopes = self.config.profiles[profile].scopes
         retries = 0 if failures else self.config.refresh.retries
-        base = time.monotonic()
+        base = self.clock.monotonic()
         for attempt in range(retries + 1):
-            sent_at = time.monotonic() - base
+            sent_at = self.clock.monotonic() - base
             try:
                 issued = self.client.request_token(client, scopes)
-                metrics.observe_request(profile, "ok", time.monotonic() - base - sent_at)
+                metrics.observe_request(profile, "ok", self.clock.monotonic() - base - sent_at)
                 return issued, None, attempt + 1, sent_at
             except ConfigError as exc:
                 return None, exc, attempt, sent_at
             except TokenRequestError as exc:
-                metrics.observe_request(profile, exc.error, time.monotonic() - base - sent_at)
+                metrics.observe_request(profile, exc.error, self.clock.monotonic() - base - sent_at)
                 pause = self.rng.uniform(0, min(RETRY_SLEEP_CAP, 0.25 * 2**attempt))
                 if exc.retry_after is not None:
                     pause = max(pause, exc.retry_after)
@@ -337,29 +332,24 @@ class Refresher:
                                              attempt_at)
         if recorded is None:
             # our lock expired and another holder has it: its outcome is the one to keep
-            log.info("refresh profile=%s outcome=done_elsewhere reason=lock taken over "
-                     "(superseded) error=%s", profile, code,
-                     extra=log_fields(profile, "done_elsewhere", duration, error_code=code))
-            return RefreshResult(profile, Outcome.DONE_ELSEWHERE, error_code=code, calls=calls)
+            log.info("refresh profile=%s outcome=done_elsewhere reason=superseded error=%s",
+                     profile, code, extra=log_fields(profile, "done_elsewhere", duration,
+                                                     error_code=code, reason="superseded"))
+            return RefreshResult(profile, Outcome.DONE_ELSEWHERE, error_code=code, calls=calls,
+                                 reason=Reason.SUPERSEDED)
         failures, previous = recorded
         level = logging.ERROR if code != previous else logging.WARNING
         log.log(level, "refresh profile=%s outcome=failed error=%s retryable=%s failures=%d "
                 "next_attempt_in=%.1fs duration=%.3fs calls=%d: %s", profile, code, retryable,
                 failures, delay, duration, calls, message,
-                extra=log_fields(profile, "failed", duration, error_code=code))
-        return RefreshResult(profile, Outcome.FAILED, error=message, error_code=code, calls=calls)
-
-    def refresh_many(self, profiles: list[str], force: bool = False,
-                     requested_at: float | None = None) -> list[RefreshResult]:
-        """Refresh several profiles in this process, one after another."""
-        return [self.refresh_profile(p, force, requested_at=requested_at) for p in profiles]
+                extra=log_fields(profile, "failed", duration, error_code=code,
+                                 reason="request_failed"))
+        return RefreshResult(profile, Outcome.FAILED, error=message, error_code=code, calls=calls,
+                             reason=Reason.REQUEST_FAILED)
 
     def close(self) -> None:
         self.client.close()
-        try:
-            self.store.redis.close()
-        except redis.RedisError:
-            pass
+        self.store.close()
 
 
 class _LockKeeper:
@@ -377,7 +367,7 @@ class _LockKeeper:
             try:
                 if not store.extend_lock(profile, owner, ttl):
                     return  # taken over: the publish fence refuses our result
-            except (redis.RedisError, OSError):
+            except StoreError:
                 continue
 
     def stop(self) -> None:

@@ -15,6 +15,10 @@ treats a key of the wrong type as absent instead.
 
 from __future__ import annotations
 
+from string import Template
+
+from . import records
+
 __all__ = ["ACQUIRE", "DUE", "EXTEND", "FAIL", "FUNCTION_LIBRARY", "PUBLISH", "READ_FUNCTION",
            "RELEASE"]
 
@@ -44,7 +48,7 @@ if lock and lock ~= ARGV[7] then return -2 end
 local new_ttl = tonumber(ARGV[2]) - now_ms()
 if new_ttl <= 0 then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local cur = tonumber(redis.call('HGET', KEYS[4], 'issued_at') or '')
+  local cur = tonumber(redis.call('HGET', KEYS[4], '$issued_at') or '')
   if cur == nil then
     -- written before issued_at was recorded: the old never-shorter rule decides
     if redis.call('PTTL', KEYS[1]) > new_ttl then return 0 end
@@ -68,12 +72,12 @@ FAIL = _TYPES + """
 want(KEYS[1], 'hash'); want(KEYS[2], 'zset'); want(KEYS[3], 'string')
 local lock = redis.call('GET', KEYS[3])
 if lock and lock ~= ARGV[1] then return {-1, ''} end
-local issued = tonumber(redis.call('HGET', KEYS[1], 'issued_at') or '')
+local issued = tonumber(redis.call('HGET', KEYS[1], '$issued_at') or '')
 if issued and issued > tonumber(ARGV[4]) then return {-1, ''} end
-local previous = redis.call('HGET', KEYS[1], 'last_error_code') or ''
-local n = tonumber(redis.call('HGET', KEYS[1], 'consecutive_failures') or '0') or 0
+local previous = redis.call('HGET', KEYS[1], '$last_error_code') or ''
+local n = tonumber(redis.call('HGET', KEYS[1], '$consecutive_failures') or '0') or 0
 n = math.floor(n) + 1
-redis.call('HSET', KEYS[1], 'consecutive_failures', n)
+redis.call('HSET', KEYS[1], '$consecutive_failures', n)
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 return {n, previous}
@@ -147,12 +151,12 @@ for i = 1, n do
   local score = tonumber(scores[i] or '')
   local is_due = score == nil or score <= now
   if not is_due and tokens < n and redis.call('EXISTS', key(':token:', i)) == 0 then
-    is_due = (tonumber(read('HGET', key(':status:', i), 'consecutive_failures') or '0')
+    is_due = (tonumber(read('HGET', key(':status:', i), '$consecutive_failures') or '0')
               or 0) <= 0
   elseif not is_due and markers > 0 then
     local reported = read('GET', key(':rejected:', i))
     if reported then
-      local s = read('HMGET', key(':status:', i), 'fingerprint', 'rejected_refresh_at') or {}
+      local s = read('HMGET', key(':status:', i), '$fingerprint', '$rejected_refresh_at') or {}
       if s[1] == reported then
         is_due = now - (tonumber(s[2] or '0') or 0) >= cooldown
       end
@@ -178,3 +182,16 @@ redis.register_function{{function_name='{READ_FUNCTION}', flags={{'no-writes'}},
                          tonumber(t[2])) .. v
   end}}
 """
+
+
+def _field_names(lua: str) -> str:
+    """Status field names come from :mod:`token_worker.records` (spelled once)."""
+    return Template(lua).substitute(
+        issued_at=records.ISSUED_AT, last_error_code=records.LAST_ERROR_CODE,
+        consecutive_failures=records.CONSECUTIVE_FAILURES, fingerprint=records.FINGERPRINT,
+        rejected_refresh_at=records.REJECTED_REFRESH_AT)
+
+
+PUBLISH = _field_names(PUBLISH)
+FAIL = _field_names(FAIL)
+DUE = _field_names(DUE)

@@ -18,13 +18,6 @@ from .tokens import TokenState, token_state
 __all__ = ["ProfileStatus", "certificate_expiries", "read_statuses"]
 
 
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class ProfileStatus:
     """One row of ``status``; holds a fingerprint, never a token."""
@@ -42,76 +35,50 @@ class ProfileStatus:
     consecutive_failures: int
     now: float
     rejected: bool = False  # the API answered 401 for the current token
+    last_outcome: str | None = None  # refreshed, not_due, done_elsewhere, failed
+    last_reason: str | None = None  # which case of it (lock_held, superseded, ...)
+    lock_ttl: float = 0.0  # seconds the refresh lock has left (inf: no expiry); not in JSON
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["state"] = str(self.state)
-        del data["now"]
+        del data["now"], data["lock_ttl"]
         return data
 
 
-def read_statuses(config: Config, store: TokenStore,
-                  profiles: list[str] | None = None) -> list[ProfileStatus]:
-    """Every (or the given) profile's status, in two Redis round trips.
-
-    The second checks the rejected markers, whose names hold the fingerprints the
-    first one reads. Needs only what the ``observer`` ACL user may do.
-    """
+def read_statuses(config: Config, store: TokenStore, profiles: list[str] | None = None,
+                  *, locks: bool = False) -> list[ProfileStatus]:
+    """Every (or the given) profile's status, in two Redis round trips
+    (:meth:`TokenStore.facts`; ``locks`` adds the lock TTLs, for the ``observer``)."""
     names = profiles if profiles is not None else sorted(config.profiles)
-    keys = store.keys
-    pipe = store.redis.pipeline(transaction=False)
-    pipe.time()
-    for name in names:
-        pipe.pttl(keys.token(name))
-        pipe.hgetall(keys.status(name))
-        pipe.zscore(keys.schedule(), name)
-    replies = pipe.execute()
-    sec, usec = replies[0]
-    now = sec + usec / 1_000_000
-    rejected = _rejected(store, names, replies)
+    now, facts = store.facts(names, locks=locks)
     rows = []
-    for i, name in enumerate(names):
-        pttl, status, scheduled = replies[1 + 3 * i: 4 + 3 * i]
-        expires_in = pttl / 1000.0 if pttl and pttl > 0 else None
-        expires_at = now + expires_in if expires_in is not None else None
-        if expires_at is None and status.get("last_success_at"):
+    for f in facts:
+        rec = f.record
+        expires_at = now + f.token_ttl if f.token_ttl is not None else None
+        if expires_at is None and rec.last_success_at is not None:
             # the key dies with its token: fetched once and gone is expired, not missing
             expires_at = now
-        refresh_at = _float(status.get("refresh_at"))
-        state = token_state(expires_at, refresh_at, now, rejected=name in rejected)
+        state = token_state(expires_at, rec.refresh_at, now, rejected=f.rejected)
         rows.append(ProfileStatus(
-            profile=name,
-            scopes=list(config.profiles[name].scopes),
+            profile=f.profile,
+            scopes=list(config.profiles[f.profile].scopes),
             state=state,
-            expires_in=expires_in,
-            refresh_in=(scheduled - now) if scheduled is not None else None,
-            fingerprint=(status.get("fingerprint") or None) if expires_in else None,
-            last_success_at=_float(status.get("last_success_at")),
-            last_attempt_at=_float(status.get("last_attempt_at")),
-            last_error=status.get("last_error") or None,
-            last_error_code=status.get("last_error_code") or None,
-            consecutive_failures=int(status.get("consecutive_failures") or 0),
+            expires_in=f.token_ttl,
+            refresh_in=(f.next_due - now) if f.next_due is not None else None,
+            fingerprint=rec.fingerprint if f.token_ttl else None,
+            last_success_at=rec.last_success_at,
+            last_attempt_at=rec.last_attempt_at,
+            last_error=rec.last_error,
+            last_error_code=rec.last_error_code,
+            consecutive_failures=rec.failures,
             now=now,
-            rejected=name in rejected,
+            rejected=f.rejected,
+            last_outcome=rec.last_outcome,
+            last_reason=rec.last_reason,
+            lock_ttl=f.lock_ttl,
         ))
     return rows
-
-
-def _rejected(store: TokenStore, names: list[str], replies: list[Any]) -> set[str]:
-    """The profiles whose current token (per its status record) was reported rejected."""
-    checked = []
-    for i, name in enumerate(names):
-        pttl, status = replies[1 + 3 * i], replies[2 + 3 * i]
-        fp = status.get("fingerprint")
-        if fp and pttl and pttl > 0:
-            checked.append((name, fp))
-    if not checked:
-        return set()
-    pipe = store.redis.pipeline(transaction=False)
-    for name, _ in checked:
-        pipe.get(store.keys.rejected(name))
-    return {name for (name, fp), marked in zip(checked, pipe.execute(), strict=True)
-            if marked == fp}
 
 
 def certificate_expiries(config: Config) -> dict[str, tuple[str, float | None]]:

@@ -1,9 +1,15 @@
 """The Redis side: atomic publish, status records, the schedule and the lock.
 
+The only door to Redis: no other module sends a command, builds a key name or opens
+a connection (:meth:`TokenStore.open` goes through :func:`connection.client_for`).
 Every write that must not interleave with another is one Lua script, so no
 reader ever sees half a publish and no slow refresher can replace a token that
 expires later than its own. Key names come from :mod:`token_worker.keys`.
 Time comes from Redis (``TIME``): one clock for the whole fleet.
+
+Every Redis error surfaces as :class:`~token_worker.exceptions.StoreError`
+(:class:`StoreUnavailable` when Redis cannot be reached). Writes that travel
+together take ``pipeline=`` (from :meth:`TokenStore.batch`), rq's style.
 """
 
 from __future__ import annotations
@@ -11,22 +17,25 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import secrets
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import redis
 
 from . import scripts
-from .connection import connect_redis, describe_redis
+from .codec import PlainCodec, TokenCodec
+from .connection import RedisSettingsLike, RedisTarget, client_for, connect_redis, describe_redis
 from .events import Event
 from .exceptions import StoreError
 from .keys import Keys
+from .records import StatusRecord
+from .store_guard import Subscription, guard_public, store_error
+from .store_status import ProfileFacts, StatusOps
 from .tokens import Token, bounded_ttl
 
-__all__ = ["REJECTED_COOLDOWN_SECONDS", "PlainCodec", "TokenCodec", "TokenStore",
-           "connect_redis", "describe_redis"]
+__all__ = ["REJECTED_COOLDOWN_SECONDS", "PlainCodec", "ProfileFacts", "RedisTarget",
+           "TokenCodec", "TokenStore", "client_for", "connect_redis"]
 
 log = logging.getLogger("token_worker.store")
 
@@ -41,26 +50,6 @@ REJECTED_COOLDOWN_SECONDS = 10.0
 _FUNCTION_RETRY_SECONDS = 30.0
 
 
-class TokenCodec(Protocol):
-    """Turns the token JSON into what is stored, and back (encryption at rest hooks here)."""
-
-    def encode(self, profile: str, plaintext: str) -> str: ...
-
-    def decode(self, profile: str, stored: str) -> str: ...
-
-
-class PlainCodec:
-    """Stores the JSON as it is."""
-
-    def encode(self, profile: str, plaintext: str) -> str:
-        return plaintext
-
-    def decode(self, profile: str, stored: str) -> str:
-        if stored.startswith("enc:"):
-            raise StoreError("the token is encrypted and this process has no encryption keys")
-        return stored
-
-
 def _split_read(reply: Any) -> tuple[str | None, float, float]:
     """(value or None, seconds left per PTTL, fleet now) from the read function."""
     if reply is None:
@@ -70,7 +59,8 @@ def _split_read(reply: Any) -> tuple[str | None, float, float]:
     return reply[29:], (pttl / 1000.0 if pttl > 0 else 0.0), now
 
 
-class TokenStore:
+@guard_public
+class TokenStore(StatusOps):
     """Token, status, schedule and lock operations for one key prefix."""
 
     def __init__(self, client: redis.Redis, prefix: str = "stitch",
@@ -88,8 +78,38 @@ class TokenStore:
         # instead of the read function (absent, refused by an ACL, or Redis < 7)
         self._fcall_after = 0.0
 
+    @classmethod
+    def open(cls, settings: RedisSettingsLike, codec: TokenCodec | None = None) -> TokenStore:
+        """A store on the ``[redis]`` settings (a ``RedisSettings`` or a ``RedisTarget``)."""
+        return cls(client_for(settings), settings.prefix, codec=codec)
+
     def __repr__(self) -> str:
-        return f"TokenStore(redis={describe_redis(self.redis)!r}, prefix={self.keys.prefix!r})"
+        return f"TokenStore(redis={self.where!r}, prefix={self.prefix!r})"
+
+    @property
+    def prefix(self) -> str:
+        return self.keys.prefix
+
+    @property
+    def where(self) -> str:
+        """``host:port`` (or socket path) of the server, for messages; never raises."""
+        return describe_redis(self.redis)
+
+    def close(self) -> None:
+        """Close the connections (the pool with them); never raises."""
+        with contextlib.suppress(redis.RedisError, OSError):
+            self.redis.close()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Any]:
+        """A pipeline for methods that take ``pipeline=``, sent in one round trip when
+        the block ends (not atomically; nothing is sent if the block raises)."""
+        pipe = self.redis.pipeline(transaction=False)
+        yield pipe
+        try:
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            raise store_error(self.redis, exc) from exc
 
     # -- clock ---------------------------------------------------------------
     def time(self) -> float:
@@ -127,20 +147,14 @@ class TokenStore:
             already expired on the fleet clock; -2 the lock is another holder's.
         """
         value = self.codec.encode(profile, token.to_json())
-        fields = {
-            "last_success_at": repr(token.issued_at),
-            "last_outcome": "refreshed",
-            "last_error": "",
-            "last_error_code": "",
-            "consecutive_failures": "0",
-            "fingerprint": token.fingerprint,
-            "issued_at": repr(token.issued_at),
-            "expires_at": repr(token.expires_at),
-            "refresh_at": repr(token.refresh_at),
-            "next_attempt_at": repr(token.refresh_at),
-        }
-        if rejected_refresh_at is not None:  # the 401 report cooldown runs from here
-            fields["rejected_refresh_at"] = repr(rejected_refresh_at)
+        record = StatusRecord(
+            last_success_at=token.issued_at, last_outcome="refreshed",
+            consecutive_failures=0, fingerprint=token.fingerprint, issued_at=token.issued_at,
+            expires_at=token.expires_at, refresh_at=token.refresh_at,
+            next_attempt_at=token.refresh_at,
+            rejected_refresh_at=rejected_refresh_at,  # the 401 report cooldown runs from here
+        )
+        fields = record.to_hash(clear=("last_reason", "last_error", "last_error_code"))
         k = self.keys
         result = self._publish(
             keys=[k.token(profile), k.schedule(), k.lock(profile), k.status(profile)],
@@ -209,6 +223,15 @@ class TokenStore:
         """Drop a stored token nobody can read (so it cannot outlive a good one)."""
         self.redis.delete(self.keys.token(profile))
 
+    def clear(self, profiles: Iterable[str], extra: Iterable[str] = ()) -> None:
+        """Delete the prefix's schedule and registry and these profiles' keys, plus the
+        ``extra`` key names (the demo's queue): a throwaway keyspace's cleanup."""
+        k = self.keys
+        names = [k.schedule(), k.profiles(), *extra]
+        for p in profiles:
+            names += [k.token(p), k.status(p), k.lock(p), k.rejected(p)]
+        self.redis.delete(*names)
+
     def purge(self, profile: str) -> bool:
         """Delete a token and make its profile due now; True when a token was deleted."""
         pipe = self.redis.pipeline()
@@ -270,12 +293,9 @@ class TokenStore:
         score = self.redis.zscore(self.keys.schedule(), profile)
         return None if score is None else float(score)
 
-    def schedule_at(self, profile: str, when: float) -> None:
-        self.redis.zadd(self.keys.schedule(), {profile: when})
-
-    def schedule_no_earlier(self, profile: str, when: float) -> None:
+    def schedule_no_earlier(self, profile: str, when: float, *, pipeline: Any = None) -> None:
         """Move the profile's next due time to ``when`` unless it is already later."""
-        self.redis.zadd(self.keys.schedule(), {profile: when}, gt=True)
+        (pipeline or self.redis).zadd(self.keys.schedule(), {profile: when}, gt=True)
 
     def schedule(self) -> dict[str, float]:
         pairs: list[tuple[str, float]] = self.redis.zrange(  # type: ignore[assignment]
@@ -305,70 +325,9 @@ class TokenStore:
                 out[name] = data
         return out
 
-    # -- status --------------------------------------------------------------
-    def status(self, profile: str) -> dict[str, str]:
-        fields: dict[str, str] = self.redis.hgetall(self.keys.status(profile))  # type: ignore[assignment]
-        return fields
-
-    def record_attempt(self, profile: str, now: float) -> None:
-        self.redis.hset(self.keys.status(profile), "last_attempt_at", repr(now))
-
-    def record_failure(
-        self, profile: str, now: float, message: str, code: str, next_attempt_at: float,
-        owner: str = "", started_at: float | None = None,
-    ) -> tuple[int, str] | None:
-        """Record a failed attempt and when to try next, unless fenced out.
-
-        ``started_at`` (fleet clock, default ``now``): a token issued after it fences the
-        record out too, so a holder paused past its lock cannot undo another's success.
-
-        Returns:
-            (consecutive failures now, the previous error code or ""), or None when the
-            lock is another holder's now (their outcome stands, not ours).
-        """
-        k = self.keys
-        n, previous = self._fail(
-            keys=[k.status(profile), k.schedule(), k.lock(profile)],
-            args=[owner, profile, repr(next_attempt_at),
-                  repr(now if started_at is None else started_at), "last_attempt_at", repr(now),
-                  "last_outcome", "failed", "last_error", message, "last_error_code", code,
-                  "next_attempt_at", repr(next_attempt_at)],
-        )
-        if int(n) < 0:
-            return None
-        return int(n), previous or ""
-
-    def record_outcome(self, profile: str, outcome: str) -> None:
-        self.redis.hset(self.keys.status(profile), "last_outcome", outcome)
-
-    # -- lock ----------------------------------------------------------------
-    def acquire_lock(self, profile: str, ttl_seconds: float) -> str | None:
-        """Take the fleet-wide refresh lock; the owner token, or None when held."""
-        owner = secrets.token_hex(16)
-        if self._acquire(keys=[self.keys.lock(profile)],
-                         args=[owner, max(1, int(ttl_seconds * 1000))]):
-            return owner
-        return None
-
-    def extend_lock(self, profile: str, owner: str, ttl_seconds: float) -> bool:
-        """Push the lock's expiry out while our call runs; False once it is not ours."""
-        return bool(self._extend(keys=[self.keys.lock(profile)],
-                                 args=[owner, max(1, int(ttl_seconds * 1000))]))
-
-    def release_lock(self, profile: str, owner: str) -> bool:
-        """Release only if still ours (it may have expired and been taken since)."""
-        return bool(self._release(keys=[self.keys.lock(profile)], args=[owner]))
-
-    def lock_ttl(self, profile: str) -> float:
-        """Seconds the current lock holder has left, or 0 when unlocked."""
-        pttl = self.redis.pttl(self.keys.lock(profile))
-        if pttl == -1:
-            return float("inf")  # no expiry: held (the next acquire attempt gives it one)
-        return pttl / 1000.0 if pttl > 0 else 0.0
-
     # -- events (lines of token_worker.events.Event) --------------------------
-    def pubsub(self, ignore_subscribe_messages: bool = True) -> Any:
-        """A pub/sub connection (its own, from the pool) subscribed to the events channel."""
+    def pubsub(self, ignore_subscribe_messages: bool = True) -> Subscription:
+        """A subscription (its own connection, from the pool) to the events channel."""
         client: Any = self.redis  # redis-py leaves pub/sub untyped
         pubsub = client.pubsub(ignore_subscribe_messages=ignore_subscribe_messages)
         try:
@@ -377,7 +336,7 @@ class TokenStore:
             with contextlib.suppress(Exception):  # the error to report is the first one
                 pubsub.close()
             raise
-        return pubsub
+        return Subscription(pubsub, self.redis)
 
     def wait_for(self, predicate: Callable[[], _T], deadline: float, *, every: float = 1.0,
                  monotonic: Callable[[], float] = _monotonic) -> _T | None:
@@ -394,5 +353,4 @@ class TokenStore:
                 pubsub.get_message(timeout=max(min(left, every), 0.01))
             return value
         finally:
-            with contextlib.suppress(redis.RedisError, OSError):
-                pubsub.close()
+            pubsub.close()

@@ -17,12 +17,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import redis
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from .config import Config, load_config
 from .constants import DUE_TASK, PROFILE_TASK
-from .exceptions import ConfigError, TokenUnavailable
+from .exceptions import ConfigError, StoreError, TokenUnavailable
 from .reader import TokenReader
 from .refresh import Outcome, Refresher
 from .tokens import Token
@@ -87,7 +86,7 @@ def _reset_after_fork(**_: Any) -> None:
 worker_process_init.connect(_reset_after_fork, weak=False)
 
 
-def _refresh_profile(runtime: _Runtime, task: Any, profile: str, force: bool,
+def _run_refresh(runtime: _Runtime, task: Any, profile: str, force: bool,
                      requested_at: float | None, scheduled: bool = False) -> None:
     try:
         result = runtime.refresher().refresh_profile(
@@ -105,7 +104,7 @@ def _refresh_profile(runtime: _Runtime, task: Any, profile: str, force: bool,
         # e.g. a message sent before the profile was removed from every config
         log.warning("refresh profile=%s skipped: %s", profile, "; ".join(exc.problems))
         return
-    except (redis.RedisError, OSError) as exc:
+    except StoreError as exc:
         # nothing was requested; the next beat tick tries again
         log.warning("refresh profile=%s skipped: token store unreachable: %s", profile, exc)
         return
@@ -113,7 +112,8 @@ def _refresh_profile(runtime: _Runtime, task: Any, profile: str, force: bool,
         log.warning("refresh profile=%s outcome=failed: %s", profile, result.error)
     elif result.outcome in (Outcome.NOT_DUE, Outcome.DONE_ELSEWHERE):
         # refreshed and failed outcomes are logged by the Refresher itself
-        log.info("refresh profile=%s outcome=%s force=%s", profile, result.outcome, force)
+        log.info("refresh profile=%s outcome=%s reason=%s force=%s", profile, result.outcome,
+                 result.reason, force)
 
 
 def _refresh_due(runtime: _Runtime, app: Any, queue: str, expires: float) -> None:
@@ -124,7 +124,7 @@ def _refresh_due(runtime: _Runtime, app: Any, queue: str, expires: float) -> Non
     except ConfigError as exc:
         log.error("refresh_due skipped: %s", "; ".join(exc.problems))
         return
-    except (redis.RedisError, OSError) as exc:
+    except StoreError as exc:
         log.warning("refresh_due skipped: token store unreachable: %s", exc)
         return
     if not due:
@@ -183,7 +183,7 @@ def register(app: Any, config: Config | None = None) -> None:
     def refresh_profile(task: Any, profile: str, force: bool = False,
                         requested_at: float | None = None, scheduled: bool = False) -> None:
         """Refresh one profile if due (always when forced); returns nothing."""
-        _refresh_profile(runtime, task, profile, force, requested_at, scheduled)
+        _run_refresh(runtime, task, profile, force, requested_at, scheduled)
 
     def refresh_due() -> None:
         """Fan out ``refresh_profile`` for every profile whose token is due."""

@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from .clock import SYSTEM, Clock
 
 __all__ = [
     "JITTER_CAP_SECONDS",
@@ -115,11 +117,15 @@ class Token:
     refresh_at: float
     # monotonic deadline on this host; not part of the published value
     deadline: float = field(default=0.0, repr=False, compare=False)
+    # the clock the deadline is on (a reader's injected one; the real one by default,
+    # bound here so that a patched time.monotonic cannot move it)
+    monotonic: Callable[[], float] = field(default=SYSTEM.monotonic, repr=False,
+                                           compare=False)
 
     @property
     def expires_in(self) -> float:
         """Seconds of life left (float, never negative)."""
-        return max(0.0, self.deadline - time.monotonic())
+        return max(0.0, self.deadline - self.monotonic())
 
     @property
     def fingerprint(self) -> str:
@@ -137,11 +143,12 @@ class Token:
             f"scopes={self.scopes!r}, expires_at={self.expires_at!r})"
         )
 
-    def with_deadline(self, deadline: float) -> Token:
-        """The same token with another monotonic deadline (positional, as in
-        :meth:`from_dict`: this runs on uncached reads)."""
+    def with_deadline(self, deadline: float,
+                      monotonic: Callable[[], float] | None = None) -> Token:
+        """The same token with another monotonic deadline, on ``monotonic`` (default: the
+        same clock) (positional, as in :meth:`from_dict`: this runs on uncached reads)."""
         return Token(self.access_token, self.token_type, self.scopes, self.issued_at,
-                     self.expires_at, self.refresh_at, deadline)
+                     self.expires_at, self.refresh_at, deadline, monotonic or self.monotonic)
 
     def to_dict(self) -> dict[str, Any]:
         """The published JSON object (contract fields plus ``refresh_at``)."""
@@ -158,10 +165,12 @@ class Token:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, ttl: float | None = None) -> Token:
-        """Build from the published object; ``ttl`` is the seconds left per Redis."""
+    def from_dict(cls, data: dict[str, Any], *, ttl: float | None = None,
+                  clock: Clock = SYSTEM) -> Token:
+        """Build from the published object; ``ttl`` is the seconds left per Redis (else
+        ``expires_at`` on ``clock``'s wall time); the deadline is on ``clock``."""
         expires_at = float(data["expires_at"])
-        left = ttl if ttl is not None else expires_at - time.time()
+        left = ttl if ttl is not None else expires_at - clock.wall()
         # positional: every uncached read builds one, and keywords cost a third more
         return cls(
             str(data["access_token"]),  # access_token
@@ -170,5 +179,6 @@ class Token:
             float(data["issued_at"]),  # issued_at
             expires_at,
             float(data.get("refresh_at", expires_at)),  # refresh_at
-            time.monotonic() + left,  # deadline
+            clock.monotonic() + left,  # deadline
+            clock.monotonic,
         )
