@@ -36,7 +36,10 @@ class Invalidator(Subscriber):
         self.reader = reader
 
     def _on_event(self, event: Event) -> None:
-        self.reader._invalidate(event.profile)
+        if event.kind == "purged":
+            self.reader._forget_last(event.profile)
+        else:
+            self.reader._invalidate(event.profile)
 
     def _on_down(self, error: Exception | None) -> None:
         if error is not None:

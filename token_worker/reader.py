@@ -19,26 +19,23 @@ import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
+from .auth import BearerAuth
 from .clock import SYSTEM, Clock
 from .diagnosis import diagnose, last_error
 from .exceptions import StoreError, StoreUnavailable, TokenUnavailable
 from .invalidation import Invalidator
-from .store import TokenCodec, TokenStore, client_for, connect_redis
+from .reader_config import DEFAULT_MIN_TTL, gapless_min_ttl
+from .store import TokenCodec, TokenStore, connect_redis
 from .tokens import Token, bounded_ttl, fingerprint
-
-if TYPE_CHECKING:
-    from .config import Config
 
 __all__ = ["BearerAuth", "TokenReader", "gapless_min_ttl"]
 
 log = logging.getLogger("token_worker.reader")
 
-# a task should never start a payment with a token about to die
-DEFAULT_MIN_TTL = 5.0
 # bound on serving from the cache should the invalidation channel fail silently (a
 # half-open connection): under the 100 ms promise, and still ~200x fewer Redis reads
 DEFAULT_CACHE_MAX_AGE = 0.08
@@ -58,41 +55,11 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def gapless_min_ttl(config: Config, profile: str) -> float:
-    """The largest ``min_ttl`` (capped at the default) that leaves readers no gap.
-
-    At ``refresh_at`` the old token has at least ``margin`` seconds left (jitter only
-    moves ``refresh_at`` earlier). Beat notices within one ``interval``, and a
-    successful call is published within one request deadline (``timeout_seconds``,
-    enforced on the whole request). So the new token is in Redis while the old one
-    still has ``margin - interval - timeout`` left; a reader refusing less than that
-    never sees a window where the old token is refused and the new one is missing.
-    """
-    room = (config.margin_for(profile) - config.refresh.interval_seconds
-            - config.stitch.timeout_seconds)
-    return max(0.0, min(DEFAULT_MIN_TTL, room))
-
-
 @dataclass(slots=True)
 class _Entry:
     token: Token
     read_at: float  # monotonic, when the read was sent
     fresh_until: float  # monotonic: cache max age
-
-
-class BearerAuth:
-    """A ``requests`` auth callable: sets ``Authorization: Bearer ...`` per request."""
-
-    def __init__(self, reader: TokenReader, profile: str) -> None:
-        self.reader = reader
-        self.profile = profile
-
-    def __call__(self, request: Any) -> Any:
-        request.headers["Authorization"] = f"Bearer {self.reader.get_access_token(self.profile)}"
-        return request
-
-    def __repr__(self) -> str:
-        return f"BearerAuth(profile={self.profile!r})"
 
 
 class TokenReader:
@@ -168,20 +135,9 @@ class TokenReader:
         Each profile's ``min_ttl`` comes from the config (:func:`gapless_min_ttl`), so
         rotations that succeed leave no gap; an explicit ``min_ttl=`` applies to all.
         """
-        from .config import load_config
+        from .reader_config import reader_options
 
-        config = load_config(path)
-        if "min_ttl" not in options:
-            options.setdefault("min_ttls", {name: gapless_min_ttl(config, name)
-                                            for name in config.profiles})
-        r = config.redis
-        codec = None
-        if r.encryption_keys_env or r.encryption_keys_file:
-            from .crypto import codec_for
-
-            codec = codec_for(config)
-        options.setdefault("profiles", list(config.profiles))
-        return cls(prefix=r.prefix, client=client_for(r), codec=codec, **options)
+        return cls(**reader_options(path, options))
 
     def __repr__(self) -> str:
         return f"TokenReader(redis={self.store.where!r}, prefix={self.store.prefix!r})"
@@ -278,6 +234,9 @@ class TokenReader:
             raise TokenUnavailable(profile, "redis_unreachable", _unreachable(self.store, exc)
                                    ) from None
         if value is None:
+            kept = self._kept(profile, None)
+            if kept is not None:
+                return kept
             raise self._diagnose(profile)
         seen = self._decoded.get(profile)
         if seen is not None and seen[0] == value:
@@ -298,6 +257,11 @@ class TokenReader:
             deadline = sent_at + bounded_ttl(pttl, decoded.expires_at, fleet_now)
             token = decoded.with_deadline(deadline, self.clock.monotonic)
             self._decoded[profile] = (value, token)
+        last = self._last.get(profile)
+        if last is not None and last[0].issued_at > token.issued_at:
+            kept = self._kept(profile, token)
+            if kept is not None:
+                return kept
         rejected = self._rejected.get(profile)
         # hashing the token only when a rejection is on record keeps reads cheap
         if rejected is not None and rejected == token.fingerprint:
@@ -324,6 +288,36 @@ class TokenReader:
         (monotonic: a stepped or patched wall clock cannot stretch it)."""
         left = token.deadline - now
         return left > 0 and left >= self.min_ttl_for(profile)
+
+    def _kept(self, profile: str, stored: Token | None) -> Token | None:
+        """The token this reader read last, when Redis lost its publish, else None.
+
+        A failover (asynchronous replication) or a restart can lose a publish: Redis then
+        holds an older token than one this reader has seen, or none while its status
+        record knows nothing of the one we hold (a purge leaves the record in place).
+        Tokens are ordered by issue time, so the newer one we hold stays the right one
+        to serve while it has ``min_ttl`` left and the API did not reject it; the
+        refresh the lost key makes due replaces it."""
+        last = self._last.get(profile)
+        if last is None or not self._alive(profile, last[0], self.clock.monotonic()) \
+                or self._rejected.get(profile) == last[0].fingerprint:
+            return None
+        if stored is None:
+            try:
+                known = self.store.status(profile).fingerprint
+            except StoreError:
+                known = None
+            if known == last[0].fingerprint:
+                return None  # deleted on purpose (purge): readers wait for the next one
+        log.warning("profile=%s: Redis %s; serving the newer token this reader holds "
+                    "(fingerprint=%s) until a new one is published", profile,
+                    "lost the latest publish" if stored else "has no token", last[0].fingerprint)
+        return last[0]
+
+    def _forget_last(self, profile: str) -> None:
+        """A purge or forget was announced: the token we hold must not be served again."""
+        self._last.pop(profile, None)
+        self._invalidate(profile)
 
     def _last_error(self, profile: str) -> str | None:
         return last_error(self.store, profile)
