@@ -136,8 +136,15 @@ def test_tls_files_on_a_plain_url_are_a_warning() -> None:
     ("redis://h/0 x", "spaces or control characters"),
     ("redis://h/0\n", "spaces or control characters"),
     ("unix://", "socket path"),
-    ("redis+sentinel://h:26379/mymaster", "redis+sentinel:// is not supported yet"),
-    ("rediss+cluster://h:7000/", "rediss+cluster:// is not supported yet"),
+    ("redis+sentinel://h:26379/", "names no service"),
+    ("redis+sentinel://h:26379", "names no service"),
+    ("redis+sentinel://h:26379/my master", "spaces or control characters"),
+    ("redis+sentinel://h:26379/m/x", "path must be /service_name or /service_name/DB"),
+    ("redis+sentinel://h:26379/m?ssl_cert_reqs=none", "must not carry a query"),
+    (f"redis+sentinel://:{PASSWORD}@h/m", "percent-encode"),
+    ("redis+sentinel://h:70000/m", "bad port"),
+    ("redis+sentinel:///m", "names no host"),
+    ("redis+unknown://h/", "unsupported scheme"),
 ])
 def test_unusable_redis_urls_are_one_line_naming_the_key(url: str, expected: str) -> None:
     (problem,) = problems_of(base(redis={"url": url}))
@@ -150,9 +157,30 @@ def test_unusable_redis_urls_are_one_line_naming_the_key(url: str, expected: str
     "redis://127.0.0.1:6379/0", "redis://h", "redis://h/", "rediss://u:p%2Fq@h:6380/3",
     "unix:///run/redis.sock?db=1", "unix://user:pw@/run/redis.sock", "redis://[::1]:6379/0",
     "redis://h:6379/0?socket_keepalive=true&client_name=tw",
+    "redis+sentinel://h1:26379,h2:26380,[::1]:26381/mymaster",
+    "rediss+sentinel://u:p%2Fq%40r@h1,h2/mymaster/3", "redis+sentinel://:pw@h/m/0",
 ])
 def test_usable_redis_urls_are_taken(url: str) -> None:
     assert parse_config(base(redis={"url": url})).redis.url == url
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://h1:7000,h2:7001,h3:7002/",
+                                 "rediss+cluster://u:p@h1:7000", "redis+cluster://h/0"])
+def test_cluster_urls_are_taken_with_a_broker_of_their_own(url: str) -> None:
+    config = parse_config(base(redis={"url": url}, celery={"broker_url": "amqp://mq//"}))
+    assert config.redis.url == url
+    (problem,) = problems_of(base(redis={"url": url}))
+    assert problem.startswith("celery.broker_url: must be set when redis.url is a cluster")
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("rediss+cluster://h:7000/3", "a cluster has database 0 only"),
+    ("redis+cluster://h:7000,h;x:7001/", "cannot be parsed"),
+    ("redis+cluster://", "names no host"),
+])
+def test_unusable_cluster_urls_are_one_line_naming_the_key(url: str, expected: str) -> None:
+    (problem,) = problems_of(base(redis={"url": url}, celery={"broker_url": "amqp://mq//"}))
+    assert problem.startswith("redis.url: ") and expected in problem, problem
 
 
 @pytest.mark.parametrize("url", [
@@ -357,3 +385,13 @@ def test_a_margin_with_room_for_a_retry_gives_no_warning() -> None:
     config = parse_config(base(stitch={"timeout_seconds": 10},
                                refresh={"margin_seconds": 86, "interval_seconds": 30}))
     assert config_warnings(config) == []
+
+
+def test_a_fractional_interval_warns_for_schedulers_that_store_whole_seconds() -> None:
+    # django-celery-beat's interval column is an integer: 0.5 s would become 0 (a flood)
+    config = parse_config(base(stitch={"timeout_seconds": 1},
+                               refresh={"margin_seconds": 86, "interval_seconds": 2.5}))
+    (warning,) = config_warnings(config)
+    assert warning.startswith("refresh.interval_seconds: not a whole number")
+    assert config_warnings(parse_config(base(refresh={"margin_seconds": 86,
+                                                      "interval_seconds": 30.0}))) == []

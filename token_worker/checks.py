@@ -56,6 +56,12 @@ def raw_problems(data: dict[str, Any]) -> list[str]:
     if isinstance(redis_section, dict) and redis_section.get("encryption_keys_env") \
             and redis_section.get("encryption_keys_file"):
         problems.append("redis: set at most one of encryption_keys_env, encryption_keys_file")
+    celery_section = data.get("celery")
+    if (isinstance(redis_section, dict)
+            and str(redis_section.get("url", "")).startswith(("redis+cluster", "rediss+cluster"))
+            and not (isinstance(celery_section, dict) and celery_section.get("broker_url"))):
+        problems.append("celery.broker_url: must be set when redis.url is a cluster (Celery's "
+                        "Redis transport has no cluster mode; amqp:// recommended)")
     clients = data.get("clients") or {}
     profiles = data.get("profiles") or {}
     if not isinstance(clients, dict) or not isinstance(profiles, dict):
@@ -139,6 +145,10 @@ def config_warnings(config: Config) -> list[str]:
 
     warnings = []
     interval, timeout = config.refresh.interval_seconds, config.stitch.timeout_seconds
+    if interval != int(interval):
+        warnings.append("refresh.interval_seconds: not a whole number of seconds; "
+                        "django-celery-beat's DatabaseScheduler would store it rounded down "
+                        "(below 1: every loop)")
     for name, profile in config.profiles.items():
         for i, scope in enumerate(profile.scopes):
             if scope not in KNOWN_SCOPES:

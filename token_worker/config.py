@@ -90,7 +90,8 @@ def _check(problem: str | None) -> None:
 # where a pasted credential would sit: never shown, even in a repr
 _REFERENCES = frozenset({"client_secret_env", "client_secret_file", "certificate_file",
                          "tls_ca_file", "tls_cert_file", "tls_key_file",
-                         "encryption_keys_env", "encryption_keys_file"})
+                         "encryption_keys_env", "encryption_keys_file",
+                         "sentinel_password_env"})
 
 
 class _Section(BaseModel):
@@ -117,15 +118,36 @@ class RedisSettings(_Section):
     # encryption at rest: "kid:base64key[,kid:base64key...]", first one encrypts
     encryption_keys_env: str | None = None
     encryption_keys_file: str | None = None
+    # redis+sentinel:// URLs: Sentinel's own password (the URL's is the data nodes')
+    sentinel_password_env: str | None = None
+    # each publish waits for this many replicas to acknowledge it (WAIT), up to the timeout
+    wait_replicas: int = Field(default=0, ge=0, le=16, strict=True)
+    wait_timeout_ms: int = Field(default=100, ge=1, le=10_000, strict=True)
 
     refuse_pasted_credentials = field_validator(
-        "tls_key_file", "encryption_keys_env", "encryption_keys_file")(_reference)
+        "tls_key_file", "encryption_keys_env", "encryption_keys_file",
+        "sentinel_password_env")(_reference)
 
     @field_validator("url")
     @classmethod
     def _usable_url(cls, url: str) -> str:
         _check(redis_url_problem(url))
         return url
+
+    @property
+    def sentinel_password(self) -> str | None:
+        """Sentinel's password, read now from ``sentinel_password_env``, or None.
+
+        Raises:
+            ConfigError: the variable is named but unset or empty.
+        """
+        if not self.sentinel_password_env:
+            return None
+        value = os.environ.get(self.sentinel_password_env, "")
+        if not value:
+            raise ConfigError(["redis.sentinel_password_env: the environment variable it "
+                               "names is not set or empty"])
+        return value
 
     def read_encryption_keys(self) -> str | None:
         """The key list, read now (so a rotated file is picked up), or None if not set.

@@ -3,21 +3,30 @@
 :func:`client_for` is the only function in the package that constructs a Redis client;
 it takes the ``[redis]`` settings (``config.RedisSettings``, or a :class:`RedisTarget`
 where pydantic is not wanted). The store (:mod:`token_worker.store`) opens itself
-through it; nothing else connects.
+through it; nothing else connects. Every topology of the contract is built here: one
+server (``redis://``, ``rediss://``, ``unix://``), a Sentinel-managed primary
+(``redis+sentinel://``: followed across failovers by redis-py's Sentinel pool) and a
+Cluster (``redis+cluster://``). The cluster client is a ``RedisCluster``: it speaks the
+same commands, so it is typed as a ``redis.Redis`` here.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, StoreUnavailable
+from .topology import Topology, TopologyError, parse_topology
 from .urls import redis_url_problem
 
-__all__ = ["RedisSettingsLike", "RedisTarget", "client_for", "connect_redis", "describe_redis"]
+__all__ = ["RedisSettingsLike", "RedisTarget", "client_for", "connect_redis", "describe_redis",
+           "is_cluster"]
 
 log = logging.getLogger("token_worker.store")
 
@@ -37,6 +46,8 @@ class RedisSettingsLike(Protocol):
     def tls_key_file(self) -> str | None: ...
     @property
     def socket_timeout_seconds(self) -> float: ...
+    @property
+    def sentinel_password(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,9 @@ class RedisTarget:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     socket_timeout_seconds: float = 5.0
+    sentinel_password: str | None = field(default=None, repr=False)
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 100
 
 
 def client_for(settings: RedisSettingsLike) -> redis.Redis:
@@ -65,6 +79,12 @@ def client_for(settings: RedisSettingsLike) -> redis.Redis:
     problem = redis_url_problem(url, tls_params=False)
     if problem:
         raise ConfigError([f"redis url: {problem}"])
+    try:
+        topology = parse_topology(url)
+    except TopologyError as exc:  # redis_url_problem said so already; never reached
+        raise ConfigError([f"redis url: {exc}"]) from None
+    if topology is not None:
+        return _topology_client(topology, settings)
     options: dict[str, Any] = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
     weakening = [key for key in options if key.startswith("ssl")]
     for key in weakening:
@@ -84,6 +104,46 @@ def client_for(settings: RedisSettingsLike) -> redis.Redis:
     return client
 
 
+def _tls(settings: RedisSettingsLike) -> dict[str, Any]:
+    # verify the server and its name even on redis-py 5, whose default skipped the name
+    return {"ssl": True, "ssl_ca_certs": settings.tls_ca_file,
+            "ssl_certfile": settings.tls_cert_file, "ssl_keyfile": settings.tls_key_file,
+            "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+
+
+def _topology_client(topology: Topology, settings: RedisSettingsLike) -> redis.Redis:
+    timeout = settings.socket_timeout_seconds
+    common: dict[str, Any] = {
+        "socket_timeout": timeout, "socket_connect_timeout": timeout,
+        "health_check_interval": 30, "decode_responses": True,
+        "username": topology.username, "password": topology.password,
+        **(_tls(settings) if topology.tls else {}),
+    }
+    if topology.kind == "sentinel":
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            list(topology.hosts), db=topology.db,
+            sentinel_kwargs={"password": settings.sentinel_password, "socket_timeout": timeout,
+                             "socket_connect_timeout": timeout},
+            **common)
+        client: redis.Redis = sentinels.master_for(topology.service)  # type: ignore[no-untyped-call]
+        client.auto_close_connection_pool = True
+        return client
+    try:
+        # RedisCluster learns the slot map while it is built: a cluster that is down now
+        # is a StoreUnavailable here, as it would be from the store's first command
+        nodes = [ClusterNode(h, p) for h, p in topology.hosts]  # type: ignore[no-untyped-call]
+        cluster = RedisCluster(startup_nodes=nodes, **common)
+    except (redis.RedisError, RedisClusterException, OSError) as exc:
+        raise StoreUnavailable(f"Redis unreachable at {topology.where}: "
+                               f"{type(exc).__name__}") from exc
+    return cast(redis.Redis, cluster)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether a client (from :func:`client_for`) talks to a Redis Cluster."""
+    return isinstance(client, RedisCluster)
+
+
 def connect_redis(
     url: str,
     *,
@@ -100,8 +160,21 @@ def connect_redis(
 def describe_redis(client: redis.Redis) -> str:
     """``host:port`` (or socket path) of a client, for error messages; never raises."""
     try:
+        if isinstance(client, RedisCluster):
+            nodes = client.nodes_manager.startup_nodes.values()
+            return _printable("cluster " + ",".join(f"{n.host}:{n.port}" for n in nodes))
+        pool = client.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            hosts = ",".join(f"{s.connection_pool.connection_kwargs.get('host')}:"
+                             f"{s.connection_pool.connection_kwargs.get('port')}"
+                             for s in pool.sentinel_manager.sentinels)
+            return _printable(f"sentinel {hosts}/{pool.service_name}")
         kw = client.connection_pool.connection_kwargs
         where = str(kw["path"]) if "path" in kw else f"{kw.get('host', '?')}:{kw.get('port', '?')}"
-        return "".join(c if c.isprintable() else "?" for c in where)[:255]
+        return _printable(where)
     except Exception:  # noqa: BLE001 - it only decorates another error
         return "?"
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)[:255]

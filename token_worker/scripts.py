@@ -8,9 +8,9 @@ with plain commands where it is absent.
 Every script checks the type of each key it touches before it writes anything:
 a key of the wrong type (an operator's typo, a hostile write) is deleted and
 rebuilt rather than left to make every refresh fail with WRONGTYPE halfway.
-Every key a script touches is passed in ``KEYS``, except in the due script, which
-builds the per-profile names from the prefix (see there) and, as it only reads,
-treats a key of the wrong type as absent instead.
+Every key a script touches is passed in ``KEYS`` (Redis requires it; on a cluster
+they share one hash slot). The due script only reads: it treats a key of the wrong type
+as absent instead.
 """
 
 from __future__ import annotations
@@ -105,11 +105,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: schedule   ARGV: key prefix, rejected cooldown seconds, profiles
-# The per-profile key names (Keys.token/status/rejected: "<prefix>:token:<profile>"...)
-# are built here, not passed: at 10,000 profiles sending 30,000 names cost more than the
-# check itself. They share the prefix with the schedule (its hash tag, in a cluster).
+# KEYS: schedule, then per profile its token keys, status keys and rejected markers
+#       (n each, in the order of the profiles)   ARGV: rejected cooldown seconds, profiles
 # -> {now as "sec.usec", due profiles}
+# Every key is passed, as Redis requires of scripts (on a cluster they share one slot:
+# the prefix is the hash tag).
 # Due: the schedule's time has passed or it has none; or the token key is gone while no
 # failure backoff is running (evicted, lost in a failover, deleted by hand); or the
 # current token was reported rejected and no refresh a report caused ran within the
@@ -120,49 +120,45 @@ local function read(...)
   if type(r) == 'table' and r.err then return nil end
   return r
 end
+local n = #ARGV - 1
 -- one command per 1,000 keys instead of one per key: the common tick (every token
 -- present, no report) then costs a handful of calls, whatever the profile count
-local n = #ARGV - 2
-local prefix = ARGV[1]
-local function key(kind, i) return prefix .. kind .. ARGV[i + 2] end
-local function count(kind)
+local function count(first)
   local total = 0
-  for from = 1, n, 1000 do
-    local args = {}
-    for i = from, math.min(from + 999, n) do args[#args + 1] = key(kind, i) end
-    total = total + redis.call('EXISTS', unpack(args))
+  for from = first, first + n - 1, 1000 do
+    total = total + redis.call('EXISTS', unpack(KEYS, from, math.min(from + 999, first + n - 1)))
   end
   return total
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local cooldown = tonumber(ARGV[2])
+local cooldown = tonumber(ARGV[1])
 local scores = {}
 if redis.call('TYPE', KEYS[1])['ok'] == 'zset' then
   for from = 1, n, 1000 do
-    local r = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, from + 2, math.min(from + 999, n) + 2))
+    local r = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, from + 1, math.min(from + 999, n) + 1))
     for j = 1, #r do scores[from + j - 1] = r[j] end
   end
 end
-local tokens = count(':token:')
-local markers = count(':rejected:')
+local tokens = n > 0 and count(2) or 0
+local markers = n > 0 and count(2 + 2 * n) or 0
 local due = {}
 for i = 1, n do
+  local token, status, marker = KEYS[1 + i], KEYS[1 + n + i], KEYS[1 + 2 * n + i]
   local score = tonumber(scores[i] or '')
   local is_due = score == nil or score <= now
-  if not is_due and tokens < n and redis.call('EXISTS', key(':token:', i)) == 0 then
-    is_due = (tonumber(read('HGET', key(':status:', i), '$consecutive_failures') or '0')
-              or 0) <= 0
+  if not is_due and tokens < n and redis.call('EXISTS', token) == 0 then
+    is_due = (tonumber(read('HGET', status, '$consecutive_failures') or '0') or 0) <= 0
   elseif not is_due and markers > 0 then
-    local reported = read('GET', key(':rejected:', i))
+    local reported = read('GET', marker)
     if reported then
-      local s = read('HMGET', key(':status:', i), '$fingerprint', '$rejected_refresh_at') or {}
+      local s = read('HMGET', status, '$fingerprint', '$rejected_refresh_at') or {}
       if s[1] == reported then
         is_due = now - (tonumber(s[2] or '0') or 0) >= cooldown
       end
     end
   end
-  if is_due then due[#due + 1] = ARGV[i + 2] end
+  if is_due then due[#due + 1] = ARGV[i + 1] end
 end
 return {t[1] .. '.' .. string.format('%06d', tonumber(t[2])), due}
 """

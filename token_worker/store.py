@@ -22,10 +22,18 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from . import scripts
 from .codec import PlainCodec, TokenCodec
-from .connection import RedisSettingsLike, RedisTarget, client_for, connect_redis, describe_redis
+from .connection import (
+    RedisSettingsLike,
+    RedisTarget,
+    client_for,
+    connect_redis,
+    describe_redis,
+    is_cluster,
+)
 from .events import Event
 from .exceptions import StoreError
 from .keys import Keys
@@ -64,9 +72,13 @@ class TokenStore(StatusOps):
     """Token, status, schedule and lock operations for one key prefix."""
 
     def __init__(self, client: redis.Redis, prefix: str = "stitch",
-                 codec: TokenCodec | None = None) -> None:
+                 codec: TokenCodec | None = None, *, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 100) -> None:
         self.redis = client
-        self.keys = Keys(prefix)
+        # each publish waits for this many replicas (WAIT), at most wait_timeout_ms
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.keys = Keys(prefix, hash_tag=is_cluster(client))
         self.codec: TokenCodec = codec or PlainCodec()
         self._publish = client.register_script(scripts.PUBLISH)
         self._fail = client.register_script(scripts.FAIL)
@@ -81,7 +93,9 @@ class TokenStore(StatusOps):
     @classmethod
     def open(cls, settings: RedisSettingsLike, codec: TokenCodec | None = None) -> TokenStore:
         """A store on the ``[redis]`` settings (a ``RedisSettings`` or a ``RedisTarget``)."""
-        return cls(client_for(settings), settings.prefix, codec=codec)
+        return cls(client_for(settings), settings.prefix, codec=codec,
+                   wait_replicas=getattr(settings, "wait_replicas", 0),
+                   wait_timeout_ms=getattr(settings, "wait_timeout_ms", 100))
 
     def __repr__(self) -> str:
         return f"TokenStore(redis={self.where!r}, prefix={self.prefix!r})"
@@ -108,7 +122,7 @@ class TokenStore(StatusOps):
         yield pipe
         try:
             pipe.execute()
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
             raise store_error(self.redis, exc) from exc
 
     # -- clock ---------------------------------------------------------------
@@ -156,12 +170,29 @@ class TokenStore(StatusOps):
         )
         fields = record.to_hash(clear=("last_reason", "last_error", "last_error_code"))
         k = self.keys
-        result = self._publish(
-            keys=[k.token(profile), k.schedule(), k.lock(profile), k.status(profile)],
-            args=[value, int(token.expires_at * 1000), repr(token.refresh_at), profile,
-                  k.events(), token.fingerprint, owner, repr(token.issued_at),
-                  *[x for pair in fields.items() for x in pair]],
-        )
+        keys = [k.token(profile), k.schedule(), k.lock(profile), k.status(profile)]
+        args: list[Any] = [value, int(token.expires_at * 1000), repr(token.refresh_at), profile,
+                k.events(), token.fingerprint, owner, repr(token.issued_at),
+                *[x for pair in fields.items() for x in pair]]
+        if self.wait_replicas:
+            return self._publish_acknowledged(profile, keys, args)
+        return int(self._publish(keys=keys, args=args))
+
+    def _publish_acknowledged(self, profile: str, keys: list[str], args: list[Any]) -> int:
+        """The publish script, then ``WAIT`` on the same connection (WAIT counts the
+        replicas that have this connection's writes; on a cluster, the slot's primary)."""
+        client: Any = self.redis
+        if self.keys.hash_tag:
+            client = client.get_redis_connection(client.get_node_from_key(keys[0]))
+        pipe = client.pipeline(transaction=False)
+        self._publish(keys=keys, args=args, client=pipe)
+        pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+        result, acknowledged = pipe.execute()
+        if int(result) == 1 and acknowledged < self.wait_replicas:
+            # published on the primary all the same: a failover now could still lose it,
+            # which costs one more endpoint call (the key is missing, so it is due)
+            log.warning("publish profile=%s acknowledged by %d of %d replicas within %d ms",
+                        profile, acknowledged, self.wait_replicas, self.wait_timeout_ms)
         return int(result)
 
     def read_raw(self, profile: str) -> tuple[str | None, float, float]:
@@ -175,8 +206,15 @@ class TokenStore(StatusOps):
             # a bare FCALL_RO costs about what a GET does; a redis-py pipeline adds tens of
             # microseconds to every uncached read
             try:
-                reply = self.redis.execute_command(  # type: ignore[no-untyped-call]
-                    "FCALL_RO", scripts.READ_FUNCTION, 1, key)
+                if self.keys.hash_tag:
+                    # a cluster client would ask a node for FCALL's keys (COMMAND GETKEYS)
+                    # first: name the slot's node (one round trip, no stale node to ask)
+                    reply = self.redis.execute_command(  # type: ignore[no-untyped-call]
+                        "FCALL_RO", scripts.READ_FUNCTION, 1, key,
+                        target_nodes=self.redis.get_node_from_key(key))  # type: ignore[attr-defined]
+                else:
+                    reply = self.redis.execute_command(  # type: ignore[no-untyped-call]
+                        "FCALL_RO", scripts.READ_FUNCTION, 1, key)
             except redis.exceptions.NoPermissionError:
                 self._fcall_after = float("inf")  # an ACL without +fcall_ro
             except redis.ResponseError as exc:
@@ -191,13 +229,13 @@ class TokenStore(StatusOps):
             else:
                 return _split_read(reply)
             log.debug("read function unavailable; reading tokens with MULTI GET PTTL TIME")
-        # MULTI needs only the read commands themselves under an ACL (ops/redis-acl.conf)
-        pipe = self.redis.pipeline(transaction=True)
+        # MULTI needs only the read commands themselves under an ACL (ops/redis-acl.conf);
+        # on a cluster a plain pipeline (bounded_ttl caps a mismatched pair by expires_at)
+        pipe = self.redis.pipeline(transaction=not self.keys.hash_tag)
         pipe.get(key)
         pipe.pttl(key)
-        pipe.time()
-        value, pttl, (sec, usec) = pipe.execute()
-        return value, (pttl / 1000.0 if pttl > 0 else 0.0), sec + usec / 1_000_000
+        (value, pttl), now = self._execute_timed(pipe)
+        return value, (pttl / 1000.0 if pttl > 0 else 0.0), now
 
     def decode(self, profile: str, value: str, ttl: float) -> Token:
         """Decode a stored value; raises StoreError when it cannot be read."""
@@ -234,11 +272,12 @@ class TokenStore(StatusOps):
 
     def purge(self, profile: str) -> bool:
         """Delete a token and make its profile due now; True when a token was deleted."""
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=not self.keys.hash_tag)
         pipe.delete(self.keys.token(profile))
         pipe.zadd(self.keys.schedule(), {profile: 0})
-        pipe.publish(self.keys.events(), Event.purged(profile).encode())
-        deleted, _, _ = pipe.execute()
+        deleted, _ = pipe.execute()
+        # after the deletion, never before: a reader told must not find the old token
+        self.redis.publish(self.keys.events(), Event.purged(profile).encode())
         return bool(deleted)
 
     def forget(self, profile: str) -> None:
@@ -248,12 +287,13 @@ class TokenStore(StatusOps):
         one out of service is this explicit step, after every worker has dropped it.
         """
         k = self.keys
-        pipe = self.redis.pipeline()
-        pipe.delete(k.token(profile), k.status(profile), k.lock(profile))
+        pipe = self.redis.pipeline(transaction=not k.hash_tag)
+        for key in (k.token(profile), k.status(profile), k.lock(profile)):
+            pipe.delete(key)  # one key per DEL: a cluster pipeline takes no other
         pipe.zrem(k.schedule(), profile)
         pipe.hdel(k.profiles(), profile)
-        pipe.publish(k.events(), Event.purged(profile).encode())
         pipe.execute()
+        self.redis.publish(k.events(), Event.purged(profile).encode())
 
     def report_rejected(self, profile: str, token_fingerprint: str, ttl: int = 300) -> bool:
         """Mark a token rejected by the API, once per token, and tell the listeners.
@@ -284,8 +324,10 @@ class TokenStore(StatusOps):
         never touched: another worker's config may have them.
         """
         names = sorted(set(profiles))
-        now_s, due = self._due(keys=[self.keys.schedule()],
-                               args=[self.keys.prefix, REJECTED_COOLDOWN_SECONDS, *names])
+        k = self.keys
+        keys = [k.schedule(), *[k.token(p) for p in names], *[k.status(p) for p in names],
+                *[k.rejected(p) for p in names]]
+        now_s, due = self._due(keys=keys, args=[REJECTED_COOLDOWN_SECONDS, *names])
         return float(now_s), list(due)
 
     def next_due(self, profile: str) -> float | None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import redis
+from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterException
 
 from .connection import describe_redis
 from .exceptions import StoreError, StoreUnavailable
@@ -27,7 +28,8 @@ def store_error(client: redis.Redis, exc: BaseException) -> StoreError:
     """The StoreError for a redis-py error: the server and what went wrong, no values."""
     text = "".join(c if c.isprintable() else "?" for c in str(exc))[:200]
     where = describe_redis(client)
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError
+                  | ClusterDownError | MasterDownError):
         return StoreUnavailable(f"Redis unreachable at {where}: {type(exc).__name__}: {text}")
     return StoreError(f"Redis at {where} refused: {type(exc).__name__}: {text}")
 
@@ -37,7 +39,7 @@ def _guarded(method: Callable[_P, _T]) -> Callable[_P, _T]:
     def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return method(*args, **kwargs)
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
             store: Any = args[0]
             raise store_error(store.redis, exc) from exc
     return call
@@ -64,7 +66,7 @@ class Subscription:
         """The next message (``type``, ``data``...), or None after ``timeout`` seconds."""
         try:
             message: dict[str, Any] | None = self._pubsub.get_message(timeout=timeout)
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
             raise store_error(self._client, exc) from exc
         return message
 

@@ -64,19 +64,17 @@ class StatusOps:
         """
         k = self.keys
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
         for name in profiles:
             pipe.pttl(k.token(name))
             pipe.hgetall(k.status(name))
             pipe.zscore(k.schedule(), name)
             if locks:
                 pipe.pttl(k.lock(name))
-        replies = pipe.execute()
-        sec, usec = replies[0]
+        replies, now = self._execute_timed(pipe)
         rows = []
         n = 4 if locks else 3
         for i, name in enumerate(profiles):
-            pttl, raw, score, lock = (replies[1 + n * i: 1 + n * (i + 1)] + [0])[:4]
+            pttl, raw, score, lock = (replies[n * i: n * (i + 1)] + [0])[:4]
             rows.append((name, pttl / 1000.0 if pttl and pttl > 0 else None,
                          StatusRecord.from_hash(raw), score, lock))
         checked = [(name, rec.fingerprint) for name, ttl, rec, _, _ in rows
@@ -88,7 +86,7 @@ class StatusOps:
                 pipe.get(k.rejected(name))
             rejected = {name for (name, fp), marked in zip(checked, pipe.execute(), strict=True)
                         if marked == fp}
-        return sec + usec / 1_000_000, [
+        return now, [
             ProfileFacts(name, ttl, rec, None if score is None else float(score),
                          lock_seconds(lock), name in rejected)
             for name, ttl, rec, score, lock in rows]
@@ -101,10 +99,19 @@ class StatusOps:
         pipe.hgetall(k.status(profile))
         pipe.exists(k.profiles())
         pipe.hexists(k.profiles(), profile)
-        pipe.time()
-        raw, registry, listed, (sec, usec) = pipe.execute()
-        return (StatusRecord.from_hash(raw), bool(listed) if registry else None,
-                sec + usec / 1_000_000)
+        (raw, registry, listed), now = self._execute_timed(pipe)
+        return StatusRecord.from_hash(raw), bool(listed) if registry else None, now
+
+    def _execute_timed(self, pipe: Any) -> tuple[list[Any], float]:
+        """(the pipeline's replies, fleet now from the same round trip). A cluster pipeline
+        cannot carry the keyless TIME: there it is a second round trip to any node."""
+        if self.keys.hash_tag:
+            replies = pipe.execute()
+            sec, usec = self.redis.time()
+        else:
+            pipe.time()
+            *replies, (sec, usec) = pipe.execute()
+        return list(replies), sec + usec / 1_000_000
 
     def record_attempt(self, profile: str, now: float) -> None:
         fields: dict[Any, Any] = StatusRecord(last_attempt_at=now).to_hash()

@@ -12,8 +12,11 @@ import ipaddress
 import re
 from urllib.parse import parse_qsl, urlsplit
 
+from .topology import CLUSTER_SCHEMES, SENTINEL_SCHEMES, TopologyError, parse_topology
+
 __all__ = [
     "BROKER_SCHEMES",
+    "celery_broker",
     "REDIS_SCHEMES",
     "broker_url_problem",
     "redact_url",
@@ -21,7 +24,7 @@ __all__ = [
     "token_url_problem",
 ]
 
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 # kombu's transport aliases: what Celery took before URLs were checked
 BROKER_SCHEMES = (
     "amqp", "amqps", "pyamqp", "librabbitmq", "redis", "rediss", "redis+socket", "sentinel",
@@ -30,7 +33,6 @@ BROKER_SCHEMES = (
     "etcd", "azureservicebus", "azurestoragequeues", "gcpubsub", "pyro", "kafka",
     "confluentkafka", "slmq", "pgmq",
 )
-_NOT_YET = ("redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 # query parameters that carry a credential (redis-py, kombu, sentinel, SQS, ...)
 _QUERY_SECRET = re.compile(
@@ -85,10 +87,14 @@ def _url_problem(url: str, schemes: tuple[str, ...], *, tls_params: bool, tls_hi
     scheme, sep, _ = url.partition("://")
     if not sep or not _SCHEME.fullmatch(scheme):
         return "is not a URL (expected scheme://...)"
-    if scheme in _NOT_YET:
-        if scheme.endswith("cluster") and broker:
-            return f"{scheme}:// is refused: Celery's Redis transport has no cluster mode"
-        return f"{scheme}:// is not supported yet"
+    if scheme in CLUSTER_SCHEMES and broker:
+        return f"{scheme}:// is refused: Celery's Redis transport has no cluster mode"
+    if scheme in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
+        try:
+            parse_topology(url)
+        except TopologyError as exc:
+            return str(exc)
+        return None
     base = scheme.split("+", 1)[0] if "redis" not in scheme else scheme
     if base not in schemes:
         return f"unsupported scheme (use {', '.join(s + '://' for s in schemes)})"
@@ -126,7 +132,7 @@ def redis_url_problem(url: str, *, tls_params: bool = True) -> str | None:
     """Why a ``redis.url`` cannot be used, or None. ``tls_params``: refuse ssl_* too."""
     problem = _url_problem(url, REDIS_SCHEMES, tls_params=tls_params,
                            tls_hint="set redis.tls_ca_file, tls_cert_file, tls_key_file")
-    if problem:
+    if problem or url.partition("://")[0] in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
         return problem
     from redis.connection import parse_url
 
@@ -144,12 +150,38 @@ def redis_url_problem(url: str, *, tls_params: bool = True) -> str | None:
 
 def broker_url_problem(url: str) -> str | None:
     """Why a ``celery.broker_url`` cannot be used, or None (each of ``a;b`` failover URLs)."""
+    if isinstance(url, str) and url.partition("://")[0] in SENTINEL_SCHEMES:
+        return _url_problem(url, BROKER_SCHEMES, tls_params=True, tls_hint="", broker=True)
     for one in (url.split(";") if isinstance(url, str) and url else [url]):
         problem = _url_problem(one, BROKER_SCHEMES, tls_params=True,
                                tls_hint="set broker_use_ssl in celeryconfig.py", broker=True)
         if problem:
             return problem
     return None
+
+
+def celery_broker(url: str, sentinel_password: str | None = None
+                  ) -> tuple[str, dict[str, object]]:
+    """Celery's ``broker_url`` and the ``broker_transport_options`` it needs for ``url``.
+
+    A ``redis+sentinel://`` URL becomes kombu's ``sentinel://host:port;sentinel://...``
+    (``sentinels://`` with TLS) with ``master_name``; anything else passes as it is.
+    """
+    topo = parse_topology(url)
+    if topo is None or topo.kind != "sentinel":
+        return url, {}
+    from urllib.parse import quote
+
+    auth = ""
+    if topo.password is not None or topo.username:
+        auth = f"{quote(topo.username or '', safe='')}:{quote(topo.password or '', safe='')}@"
+    scheme = "sentinel"
+    hosts = ";".join(f"{scheme}://{auth}{f'[{h}]' if ':' in h else h}:{p}/{topo.db}"
+                     for h, p in topo.hosts)
+    options: dict[str, object] = {"master_name": topo.service}
+    if sentinel_password is not None:
+        options["sentinel_kwargs"] = {"password": sentinel_password}
+    return hosts, options
 
 
 def _loopback(host: str) -> bool:
