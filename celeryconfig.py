@@ -8,13 +8,17 @@ Celery imports ``celeryconfig`` from the current directory first, then this copy
 
 from kombu import Queue
 
+from token_worker.broker import celery_broker_settings as _broker_settings
 from token_worker.config import load_config as _load_config
 
 _config = _load_config()
 _queue = _config.celery.queue
 
-# the broker named in the token_worker config (Redis or RabbitMQ; the token store is Redis)
-broker_url = _config.broker_url
+# the broker named in the token_worker config (RabbitMQ, Redis, or a Sentinel-managed
+# Redis: redis+sentinel:// becomes kombu's sentinel:// URLs and master_name)
+broker_url, _broker_options, _broker_ssl = _broker_settings(_config)
+if _broker_ssl is not None:
+    broker_use_ssl = _broker_ssl
 # the broker may come up after the worker (compose, systemd): retry instead of exiting
 broker_connection_retry_on_startup = True
 # and when it goes away later, reconnect for as long as it takes: Celery's default gives
@@ -44,7 +48,8 @@ task_reject_on_worker_lost = True
 worker_cancel_long_running_tasks_on_connection_loss = False
 # Redis broker: redeliver unacked messages well after any refresh ends (a forced one may
 # wait out another's lock, then make its own attempt), far sooner than the 1 h default
-broker_transport_options = {"visibility_timeout": max(300, int(4 * _config.lock_ttl_seconds))}
+broker_transport_options = {"visibility_timeout": max(300, int(4 * _config.lock_ttl_seconds)),
+                            **_broker_options}
 
 # the worker owns its process: token_worker's log records go through Celery's handlers
 worker_hijack_root_logger = True

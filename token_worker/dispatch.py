@@ -23,7 +23,14 @@ SEND_EXPIRES_SECONDS = 300.0
 def _producer_app(config: Config) -> Any:
     from celery import Celery  # only senders pay for Celery
 
-    app = Celery("token_worker.cli", broker=config.broker_url, set_as_current=False)
+    from .broker import celery_broker_settings
+
+    url, transport_options, use_ssl = celery_broker_settings(config)
+    app = Celery("token_worker.cli", broker=url, set_as_current=False)
+    if transport_options:
+        app.conf.broker_transport_options = transport_options
+    if use_ssl is not None:
+        app.conf.broker_use_ssl = use_ssl
     app.conf.update(
         task_serializer="json", accept_content=["json"], task_ignore_result=True,
         # a CLI must fail fast with a message, not retry for minutes
