@@ -47,8 +47,15 @@ FRAME_SECONDS_TTY, FRAME_SECONDS_LOG = 1.0, 5.0
 WORKER_STOP_SECONDS = 20.0
 
 
-def _answers(url: str) -> bool:
-    store = TokenStore.open(RedisTarget(url, socket_timeout_seconds=1.0))
+def _answers(url: str, keys: dict[str, Any] | None = None) -> bool:
+    keys = dict(keys or {})
+    password_env = keys.pop("sentinel_password_env", None)
+    try:
+        store = TokenStore.open(RedisTarget(
+            url, socket_timeout_seconds=1.0, **keys,
+            sentinel_password=os.environ.get(password_env) if password_env else None))
+    except StoreError:  # a cluster client connects as it is built
+        return False
     try:
         store.time()
         return True
@@ -58,12 +65,19 @@ def _answers(url: str) -> bool:
         store.close()
 
 
-def _configured_redis_url(config_path: str | None) -> str:
-    """The Redis the user's config names (env override included), else the default."""
+def _configured_redis(config_path: str | None) -> tuple[str, str | None, dict[str, Any]]:
+    """(the Redis the user's config names (env override included), else the default;
+    its broker when it set one; the ``[redis]`` keys a Sentinel or TLS Redis needs)."""
     path = Path(config_path or DEFAULT_PATH)
     if config_path or path.exists():
-        return load_config(path).redis.url
-    return os.environ.get(ENV_REDIS_URL) or "redis://127.0.0.1:6379/0"
+        config = load_config(path)
+        r = config.redis
+        keys = {k: v for k, v in (("sentinel_password_env", r.sentinel_password_env),
+                                  ("tls_ca_file", r.tls_ca_file),
+                                  ("tls_cert_file", r.tls_cert_file),
+                                  ("tls_key_file", r.tls_key_file)) if v}
+        return r.url, config.celery.broker_url, keys
+    return os.environ.get(ENV_REDIS_URL) or "redis://127.0.0.1:6379/0", None, {}
 
 
 def _private_redis(workdir: Path) -> RedisServer:
@@ -73,14 +87,17 @@ def _private_redis(workdir: Path) -> RedisServer:
         raise TokenWorkerError(f"no Redis answers, and {exc} (or set redis.url)") from None
 
 
-def _demo_config(path: Path, redis_url: str, token_url: str, lifetime: float) -> Config:
-    """Write the demo's config (three profiles, short margins) and parse it."""
+def _demo_config(path: Path, redis_url: str, token_url: str, lifetime: float,
+                 broker_url: str | None = None, redis: dict[str, Any] | None = None) -> Config:
+    """Write the demo's config (three profiles, short margins) and parse it. The broker
+    is the same Redis unless one is given (a cluster cannot be one)."""
     profiles: dict[str, dict[str, Any]] = {name: {"scopes": [scope]}
                                            for name, scope in PROFILES.items()}
     # a per-profile margin, so the rows rotate out of step
     profiles["refunds"]["margin_seconds"] = round(lifetime / 2, 1)
     write_config(path, redis_url=redis_url, token_url=token_url, profiles=profiles,
-                 prefix=DEMO_PREFIX, broker_url=redis_url, queue=DEMO_QUEUE,
+                 prefix=DEMO_PREFIX, broker_url=broker_url or redis_url, queue=DEMO_QUEUE,
+                 redis=redis,
                  margin=round(lifetime / 3, 1), interval=1, timeout=5,
                  client_id=DEMO_CLIENT_ID, secret_env=DEMO_SECRET_ENV)
     return parse_config(tomllib.loads(path.read_text()), path=str(path))
@@ -143,7 +160,7 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
     def on_term(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    redis_url = _configured_redis_url(config_path)
+    redis_url, broker_url, redis_keys = _configured_redis(config_path)
     workdir = Path(tempfile.mkdtemp(prefix="token_worker-demo-"))
     private: RedisServer | None = None
     worker: Worker | None = None
@@ -156,17 +173,18 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
     try:
         if in_main:
             signal.signal(signal.SIGTERM, on_term)
-        if _answers(redis_url):
+        if _answers(redis_url, redis_keys):
             redis_note = f"redis {redact_url(redis_url)} (prefix {DEMO_PREFIX!r})"
         else:
             private = _private_redis(workdir)
             redis_note = f"private redis-server {private.url} (none answered at " \
                          f"{redact_url(redis_url)})"
-            redis_url = private.url
+            redis_url, broker_url, redis_keys = private.url, None, {}
         emulator.start()
         config_file = workdir / "token_worker.toml"
-        config = _demo_config(config_file, redis_url, emulator.url, lifetime)
-        store = TokenStore.open(RedisTarget(redis_url, DEMO_PREFIX))
+        config = _demo_config(config_file, redis_url, emulator.url, lifetime, broker_url,
+                              redis_keys)
+        store = TokenStore.open(config.redis)
         logpath = workdir / "worker.log"
         worker = _start_worker(config_file, secret, workdir)
         print(f"demo: worker pid {worker.proc.pid}, log {logpath}, config {config_file}",

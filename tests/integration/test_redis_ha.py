@@ -7,6 +7,7 @@ them. Reproduce with ``.venv/bin/python -m pytest tests/integration/test_redis_h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -16,6 +17,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +144,10 @@ def test_sentinel_failover_loses_no_read_and_costs_at_most_the_lost_publish(
             for profile in THREE:
                 probe.get(profile, wait=60)
             probe.close()
+            forced = _cli(workdir, config, "refresh", "payments", "--force", "--wait", "30")
+            assert forced.returncode == 0, forced.stdout + forced.stderr
+            with _metrics(workdir, config) as port:
+                assert wait_until(lambda: "token_worker_up 1.0" in _safe_scrape(port), 20)
             reads = Reads(sentinels.url).start()
             time.sleep(LIFETIME - MARGIN)  # one refresh cycle on the first primary
             before = _calls_per_profile(emulator)
@@ -194,7 +200,6 @@ def test_cluster_serves_every_command_and_follows_a_master_failover(
         assert _cli(workdir, config, "config", "check").returncode == 0
         worker = celery_worker(workdir, f"ha-{uuid.uuid4().hex[:6]}", queues=queue,
                                env=subprocess_env(TOKEN_WORKER_CONFIG=str(config)))
-        metrics = None
         try:
             worker.wait_ready()
             reader = TokenReader(cluster.url)
@@ -218,12 +223,8 @@ def test_cluster_serves_every_command_and_follows_a_master_failover(
             assert purged.returncode == 0, purged.stderr
             assert reader.get("disbursements", wait=30).access_token != \
                 tokens["disbursements"].access_token
-            port = free_port()
-            metrics = subprocess.Popen(
-                [sys.executable, "-m", "token_worker", "--config", str(config), "metrics",
-                 "--port", str(port)], cwd=workdir, env=subprocess_env(),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            assert wait_until(lambda: "token_worker_up 1.0" in _safe_scrape(port), 20)
+            with _metrics(workdir, config) as port:
+                assert wait_until(lambda: "token_worker_up 1.0" in _safe_scrape(port), 20)
             # the 401 report reaches the worker's listener across the cluster's nodes
             current = reader.get("payments")
             assert reader.report_rejected("payments", current)
@@ -244,9 +245,6 @@ def test_cluster_serves_every_command_and_follows_a_master_failover(
             after = {p: n - before[p] for p, n in _calls_per_profile(emulator).items()}
             check = _cli(workdir, config, "check")
         finally:
-            if metrics is not None:
-                metrics.send_signal(signal.SIGTERM)
-                metrics.wait(10)
             worker.stop()
     cycles = (time.time() - started) / ((LIFETIME - MARGIN) * 0.95)
     _report("cluster kill -9 of the {stitch} master", {
@@ -257,6 +255,21 @@ def test_cluster_serves_every_command_and_follows_a_master_failover(
     assert check.returncode == 0, check.stdout + check.stderr
     for profile in THREE:
         assert after[profile] <= cycles + 2, (profile, after, cycles)
+
+
+@contextlib.contextmanager
+def _metrics(workdir: Path, config: Path) -> Iterator[int]:
+    """``token-worker metrics`` on a free port, stopped at the end of the block."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "token_worker", "--config", str(config), "metrics",
+         "--port", str(port)], cwd=workdir, env=subprocess_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
 
 
 def _safe_scrape(port: int) -> str:
@@ -299,3 +312,37 @@ def test_bad_topology_urls_are_one_line_exit_2_for_every_command(
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# -- the demo on each topology -------------------------------------------------------------
+
+def _demo(workdir: Path, config: Path, duration: float = 7) -> subprocess.CompletedProcess[str]:
+    code = ("import sys; from token_worker.demo import run_demo; "
+            "run_demo(sys.argv[1], lifetime=8, duration=float(sys.argv[2]))")
+    return subprocess.run([sys.executable, "-c", code, str(config), str(duration)],
+                          capture_output=True, text=True, timeout=duration + 60,
+                          env=subprocess_env(), cwd=workdir)
+
+
+def _demo_shows_every_profile(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "(prefix 'demo')" in result.stdout and "private redis-server" not in result.stdout
+    final = result.stdout.rsplit("token_worker demo", 1)[1]
+    for profile in ("payments", "refunds", "disbursements"):
+        assert f"\n{profile} " in final and " valid " in final, final
+
+
+def test_the_demo_runs_on_sentinel(workdir: Path, emulator: Emulator, secret_env: str) -> None:
+    with SentinelSet() as sentinels:
+        config = write_config(workdir / "tw.toml", redis_url=sentinels.url,
+                              token_url=emulator.url)
+        _demo_shows_every_profile(_demo(workdir, config))
+
+
+@pytest.mark.skipif(not _rabbitmq_up(), reason="RabbitMQ is not running on 127.0.0.1:5672")
+def test_the_demo_runs_on_a_cluster_with_the_configured_broker(
+        workdir: Path, emulator: Emulator, secret_env: str) -> None:
+    with RedisCluster() as cluster:
+        config = write_config(workdir / "tw.toml", redis_url=cluster.url, broker_url=AMQP,
+                              token_url=emulator.url)
+        _demo_shows_every_profile(_demo(workdir, config))
