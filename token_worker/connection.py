@@ -25,8 +25,8 @@ from .exceptions import ConfigError, StoreUnavailable
 from .topology import Topology, TopologyError, parse_topology
 from .urls import redis_url_problem
 
-__all__ = ["RedisSettingsLike", "RedisTarget", "client_for", "connect_redis", "describe_redis",
-           "is_cluster"]
+__all__ = ["RedisSettingsLike", "RedisTarget", "async_client_for", "client_for", "connect_redis",
+           "describe_redis", "is_cluster"]
 
 log = logging.getLogger("token_worker.store")
 
@@ -75,6 +75,51 @@ def client_for(settings: RedisSettingsLike) -> redis.Redis:
     Raises:
         ConfigError: the URL cannot be used (one line; the URL is never quoted).
     """
+    topology, options = _parsed(settings, redis.connection.parse_url)
+    if topology is not None:
+        return _topology_client(topology, settings)
+    client = redis.Redis(connection_pool=redis.ConnectionPool(**options))
+    client.auto_close_connection_pool = True  # as from_url does: closing the client closes it
+    return client
+
+
+def async_client_for(settings: RedisSettingsLike) -> Any:
+    """:func:`client_for` for ``redis.asyncio``: the same URL rules, TLS and timeouts.
+
+    Nothing connects until the first command (a cluster learns its slot map then).
+    """
+    import redis.asyncio as aredis
+    from redis.asyncio.connection import parse_url as async_parse_url
+
+    topology, options = _parsed(settings, async_parse_url)
+    if topology is None:
+        client = aredis.Redis(connection_pool=aredis.ConnectionPool(**options))
+        client.auto_close_connection_pool = True
+        return client
+    common = _common(topology, settings)
+    if topology.kind == "sentinel":
+        from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+        timeout = settings.socket_timeout_seconds
+        sentinels = AsyncSentinel(  # type: ignore[no-untyped-call]
+            list(topology.hosts), db=topology.db,
+            sentinel_kwargs={"password": settings.sentinel_password, "socket_timeout": timeout,
+                             "socket_connect_timeout": timeout},
+            **common)
+        return sentinels.master_for(str(topology.service))
+    from redis.asyncio.cluster import ClusterNode as AsyncNode
+    from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+    common.pop("health_check_interval", None)  # not an async cluster option
+    return AsyncCluster(startup_nodes=[AsyncNode(h, p) for h, p in topology.hosts], **common)
+
+
+def _parsed(settings: RedisSettingsLike, parse_url: Any) -> tuple[Topology | None, dict[str, Any]]:
+    """(the Sentinel or Cluster topology, or None and the one server's pool options).
+
+    Our TLS options are applied after the URL's query (``Redis.from_url`` lets the query
+    win), and ``ssl_*`` query parameters are dropped: a URL cannot weaken TLS.
+    """
     url = settings.url
     problem = redis_url_problem(url, tls_params=False)
     if problem:
@@ -84,8 +129,8 @@ def client_for(settings: RedisSettingsLike) -> redis.Redis:
     except TopologyError as exc:  # redis_url_problem said so already; never reached
         raise ConfigError([f"redis url: {exc}"]) from None
     if topology is not None:
-        return _topology_client(topology, settings)
-    options: dict[str, Any] = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+        return topology, {}
+    options: dict[str, Any] = parse_url(url)
     weakening = [key for key in options if key.startswith("ssl")]
     for key in weakening:
         del options[key]
@@ -95,13 +140,10 @@ def client_for(settings: RedisSettingsLike) -> redis.Redis:
     options.update(socket_timeout=timeout, socket_connect_timeout=timeout,
                    health_check_interval=30, decode_responses=True)
     if url.startswith("rediss://"):
-        # verify the server and its name even on redis-py 5, whose default skipped the name
-        options.update(ssl_ca_certs=settings.tls_ca_file, ssl_certfile=settings.tls_cert_file,
-                       ssl_keyfile=settings.tls_key_file, ssl_cert_reqs="required",
-                       ssl_check_hostname=True)
-    client = redis.Redis(connection_pool=redis.ConnectionPool(**options))
-    client.auto_close_connection_pool = True  # as from_url does: closing the client closes it
-    return client
+        tls = _tls(settings)
+        del tls["ssl"]  # the connection class (from the scheme) is the TLS one already
+        options.update(tls)
+    return None, options
 
 
 def _tls(settings: RedisSettingsLike) -> dict[str, Any]:
@@ -111,14 +153,19 @@ def _tls(settings: RedisSettingsLike) -> dict[str, Any]:
             "ssl_cert_reqs": "required", "ssl_check_hostname": True}
 
 
-def _topology_client(topology: Topology, settings: RedisSettingsLike) -> redis.Redis:
+def _common(topology: Topology, settings: RedisSettingsLike) -> dict[str, Any]:
     timeout = settings.socket_timeout_seconds
-    common: dict[str, Any] = {
+    return {
         "socket_timeout": timeout, "socket_connect_timeout": timeout,
         "health_check_interval": 30, "decode_responses": True,
         "username": topology.username, "password": topology.password,
         **(_tls(settings) if topology.tls else {}),
     }
+
+
+def _topology_client(topology: Topology, settings: RedisSettingsLike) -> redis.Redis:
+    timeout = settings.socket_timeout_seconds
+    common = _common(topology, settings)
     if topology.kind == "sentinel":
         sentinels = Sentinel(  # type: ignore[no-untyped-call]
             list(topology.hosts), db=topology.db,

@@ -18,29 +18,27 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .auth import BearerAuth
+from .auth import REPLACEMENT_WAIT, BearerAuth
 from .clock import SYSTEM, Clock
-from .diagnosis import diagnose, last_error
-from .exceptions import StoreError, StoreUnavailable, TokenUnavailable
+from .exceptions import StoreError, TokenUnavailable
 from .invalidation import Invalidator
-from .reader_config import DEFAULT_MIN_TTL, gapless_min_ttl
+from .reader_config import DEFAULT_CACHE_MAX_AGE, DEFAULT_MIN_TTL, gapless_min_ttl
+from .reader_core import ReaderCore, explain_missing, unknown_profile, unreachable
+from .records import StatusRecord
 from .store import TokenCodec, TokenStore, connect_redis
-from .tokens import Token, bounded_ttl, fingerprint
+from .tokens import Token
 
-__all__ = ["BearerAuth", "TokenReader", "gapless_min_ttl"]
+if TYPE_CHECKING:
+    from .aiohttp_auth import BearerMiddleware
+    from .httpx_auth import HttpxBearerAuth
+
+__all__ = ["DEFAULT_CACHE_MAX_AGE", "BearerAuth", "TokenReader", "gapless_min_ttl"]
 
 log = logging.getLogger("token_worker.reader")
-
-# bound on serving from the cache should the invalidation channel fail silently (a
-# half-open connection): under the 100 ms promise, and still ~200x fewer Redis reads
-DEFAULT_CACHE_MAX_AGE = 0.08
-# two lifetime readings of one stored value this close are the same (round-trip jitter)
-_SAME_DEADLINE = 0.05
 
 # every live reader, so a forked child gets fresh locks and state (see _after_fork)
 _READERS: weakref.WeakSet[TokenReader] = weakref.WeakSet()
@@ -55,11 +53,10 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-@dataclass(slots=True)
-class _Entry:
-    token: Token
-    read_at: float  # monotonic, when the read was sent
-    fresh_until: float  # monotonic: cache max age
+def _setting(name: str) -> Any:
+    """An attribute of the reader that reads and writes its core's."""
+    return property(lambda self: getattr(self.core, name),
+                    lambda self, value: setattr(self.core, name, value))
 
 
 class TokenReader:
@@ -99,34 +96,28 @@ class TokenReader:
         self.store = TokenStore(client or connect_redis(redis_url, **redis_options), prefix,
                                 codec=codec)
         self.clock = clock
-        self.min_ttl = min_ttl
-        self.min_ttls = dict(min_ttls or {})
-        self.cache_enabled = cache
-        self.cache_max_age = cache_max_age
-        self.serve_stale = serve_stale
-        self.profiles = set(profiles) if profiles is not None else None
-        self._lock = threading.Lock()
+        self.core = ReaderCore(min_ttl=min_ttl, min_ttls=min_ttls, cache=cache,
+                               cache_max_age=cache_max_age, serve_stale=serve_stale,
+                               profiles=profiles, clock=clock, decode=self.store.decode)
         self._start_lock = threading.Lock()  # one invalidator thread, however many callers
-        self._reset()
+        self._invalidator: Invalidator | None = None
         _READERS.add(self)
 
     def _after_fork(self) -> None:
-        self._lock = threading.Lock()
+        # threads and cached state do not carry over safely
         self._start_lock = threading.Lock()
-        self._reset()
+        self.core.reset()
+        self._invalidator = None
 
-    def _reset(self) -> None:
-        # also run after fork: threads and cached state do not carry over safely
-        self._pid = os.getpid()
-        self._cache: dict[str, _Entry] = {}
-        self._generation: dict[str, int] = {}
-        # profile -> (the token last read, monotonic when it was read), for serve_stale
-        self._last: dict[str, tuple[Token, float]] = {}
-        # profile -> (stored value, a token decoded from it): one tuple, so that threads
-        # racing to store can never pair one token's value with another's fields
-        self._decoded: dict[str, tuple[str, Token]] = {}
-        self._rejected: dict[str, str] = {}
-        self._invalidator: Invalidator | None = None
+    # the settings, as plain attributes (the core holds them)
+    min_ttl = _setting("min_ttl")
+    min_ttls = _setting("min_ttls")
+    cache_enabled = _setting("cache_enabled")
+    cache_max_age = _setting("cache_max_age")
+    serve_stale = _setting("serve_stale")
+    profiles = _setting("profiles")
+    _lock = property(lambda self: self.core.lock)
+    _last = property(lambda self: self.core.last)
 
     @classmethod
     def from_config(cls, path: str | None = None, **options: Any) -> TokenReader:
@@ -152,19 +143,17 @@ class TokenReader:
 
     # -- cache ---------------------------------------------------------------
     def _invalidate(self, profile: str) -> None:
-        with self._lock:
-            self._generation[profile] = self._generation.get(profile, 0) + 1
-            self._cache.pop(profile, None)
+        self.core.invalidate(profile)
 
     def _invalidate_all(self) -> None:
-        with self._lock:
-            for profile in list(self._cache) + list(self._generation):
-                self._generation[profile] = self._generation.get(profile, 0) + 1
-            self._cache.clear()
+        self.core.invalidate_all()
+
+    def _forget_last(self, profile: str) -> None:
+        self.core.forget_last(profile)
 
     def min_ttl_for(self, profile: str) -> float:
         """The ``min_ttl`` that applies to ``profile``."""
-        return self.min_ttls.get(profile, self.min_ttl)
+        return self.core.min_ttl_for(profile)
 
     def _listening(self) -> bool:
         inv = self._invalidator
@@ -193,14 +182,13 @@ class TokenReader:
             TokenUnavailable: no token with at least ``min_ttl`` left; the message
                 names the profile, the reason and the last refresh error.
         """
-        if os.getpid() != self._pid:
+        core = self.core
+        if os.getpid() != core.pid:
             self._after_fork()  # forked without the at-fork hook having run
-        if self.cache_enabled:
-            entry = self._cache.get(profile)
-            now = self.clock.monotonic()
-            if (entry is not None and self._alive(profile, entry.token, now)
-                    and now < entry.fresh_until and self._listening()):
-                return entry.token
+        if core.cache_enabled:
+            token = core.cached(profile)
+            if token is not None and self._listening():
+                return token
         try:
             return self._get(profile)
         except TokenUnavailable as exc:
@@ -212,118 +200,78 @@ class TokenReader:
         """The bearer string of :meth:`get`."""
         return self.get(profile, wait).access_token
 
-    def auth(self, profile: str) -> BearerAuth:
-        """A ``requests`` auth object reading the current token on every request."""
-        return BearerAuth(self, profile)
+    def auth(self, profile: str, *, wait: float = REPLACEMENT_WAIT) -> BearerAuth:
+        """A ``requests`` auth: the current token on every request; on a 401, report,
+        wait up to ``wait`` seconds for the replacement and send once more."""
+        return BearerAuth(self, profile, wait=wait)
+
+    def httpx_auth(self, profile: str, *, wait: float = REPLACEMENT_WAIT) -> HttpxBearerAuth:
+        """An ``httpx.Auth`` for ``httpx.Client`` and ``httpx.AsyncClient``, with the same
+        401 retry (needs ``token_worker[httpx]``)."""
+        from .httpx_auth import HttpxBearerAuth
+
+        return HttpxBearerAuth(self, profile, wait=wait)
+
+    def aiohttp_middleware(self, profile: str, *, wait: float = REPLACEMENT_WAIT,
+                           origin: str | None = None) -> BearerMiddleware:
+        """An aiohttp client middleware with the same 401 retry; the token goes to one
+        origin only (``origin``, else the first request's). Needs ``token_worker[aiohttp]``."""
+        from .aiohttp_auth import bearer_middleware
+
+        return bearer_middleware(self, profile, wait, origin=origin)
 
     def _get(self, profile: str) -> Token:
-        generation = self._generation.get(profile, 0)
+        core = self.core
+        generation = core.generation.get(profile, 0)
         # taken before the request: a reply delayed on its way back (a slow network, a
         # descheduled process) shortens the deadline instead of stretching it
         sent_at = self.clock.monotonic()
         try:
             value, pttl, fleet_now = self.store.read_raw(profile)
         except StoreError as exc:
-            last = self._last.get(profile)
-            if (self.serve_stale and last is not None
-                    and self._alive(profile, last[0], self.clock.monotonic())
-                    and self._rejected.get(profile) != last[0].fingerprint):
-                return last[0]
-            if self.profiles is not None and profile not in self.profiles:
-                raise self._diagnose(profile) from None  # a typo, whatever Redis is doing
-            raise TokenUnavailable(profile, "redis_unreachable", _unreachable(self.store, exc)
-                                   ) from None
+            stale = core.stale(profile)
+            if stale is not None:
+                return stale
+            if (unknown := unknown_profile(profile, core.profiles)) is not None:
+                raise unknown from None  # a typo, whatever Redis is doing
+            raise TokenUnavailable(profile, "redis_unreachable",
+                                   unreachable(self.store.where, exc)) from None
+        held = core.held(profile)
         if value is None:
-            kept = self._kept(profile, None)
-            if kept is not None:
-                return kept
+            if held is not None:
+                try:
+                    known = self.store.status(profile).fingerprint
+                except StoreError:
+                    known = None
+                if core.kept(profile, held, None, known) is not None:
+                    return held
             raise self._diagnose(profile)
-        seen = self._decoded.get(profile)
-        if seen is not None and seen[0] == value:
-            # the value decoded last time (a token is read thousands of times per lifetime):
-            # same fields, so no json.loads or decryption. The object we hold is reused
-            # unless Redis now says less time is left, or clearly more (its clock stepped)
-            token = seen[1]
-            deadline = sent_at + bounded_ttl(pttl, token.expires_at, fleet_now)
-            if not token.deadline <= deadline <= token.deadline + _SAME_DEADLINE:
-                token = token.with_deadline(deadline)
-                self._decoded[profile] = (value, token)
-        else:
-            try:
-                decoded = self.store.decode(profile, value, pttl)
-            except StoreError as exc:
-                reason = "encrypted" if "encrypt" in str(exc) else "unreadable"
-                raise TokenUnavailable(profile, reason, str(exc)) from None
-            deadline = sent_at + bounded_ttl(pttl, decoded.expires_at, fleet_now)
-            token = decoded.with_deadline(deadline, self.clock.monotonic)
-            self._decoded[profile] = (value, token)
-        last = self._last.get(profile)
-        if last is not None and last[0].issued_at > token.issued_at:
-            kept = self._kept(profile, token)
-            if kept is not None:
-                return kept
-        rejected = self._rejected.get(profile)
-        # hashing the token only when a rejection is on record keeps reads cheap
-        if rejected is not None and rejected == token.fingerprint:
-            raise TokenUnavailable(profile, "rejected",
-                                   "the current token was rejected by the API; waiting for "
-                                   "its replacement")
-        left = token.deadline - self.clock.monotonic()
-        min_ttl = self.min_ttl_for(profile)
-        if left <= 0 or left < min_ttl:
-            why = (f"the token expires in {left:.1f}s, less than min_ttl {min_ttl:g}s"
-                   if left > 0 else "the stored token is past its expiry")
-            raise TokenUnavailable(profile, "expired", why, self._last_error(profile))
-        self._last[profile] = (token, sent_at)
-        if self.cache_enabled:
-            with self._lock:
-                # a publish seen since our read means this token may be stale already
-                if self._generation.get(profile, 0) == generation:
-                    self._cache[profile] = _Entry(token, sent_at,
-                                                  sent_at + self.cache_max_age)
+        token = core.token_from(profile, value, pttl, fleet_now, sent_at)
+        if held is not None and core.kept(profile, held, token, None) is not None:
+            return held
+        refused = core.refusal(profile, token)
+        if refused is not None:
+            reason, why = refused
+            raise TokenUnavailable(profile, reason, why,
+                                   self._last_error(profile) if reason == "expired" else None)
+        core.remember(profile, token, sent_at, generation)
         return token
 
-    def _alive(self, profile: str, token: Token, now: float) -> bool:
-        """Whether a token read earlier still has ``min_ttl`` left, by the reader's clock
-        (monotonic: a stepped or patched wall clock cannot stretch it)."""
-        left = token.deadline - now
-        return left > 0 and left >= self.min_ttl_for(profile)
-
-    def _kept(self, profile: str, stored: Token | None) -> Token | None:
-        """The token this reader read last, when Redis lost its publish, else None.
-
-        A failover (asynchronous replication) or a restart can lose a publish: Redis then
-        holds an older token than one this reader has seen, or none while its status
-        record knows nothing of the one we hold (a purge leaves the record in place).
-        Tokens are ordered by issue time, so the newer one we hold stays the right one
-        to serve while it has ``min_ttl`` left and the API did not reject it; the
-        refresh the lost key makes due replaces it."""
-        last = self._last.get(profile)
-        if last is None or not self._alive(profile, last[0], self.clock.monotonic()) \
-                or self._rejected.get(profile) == last[0].fingerprint:
-            return None
-        if stored is None:
-            try:
-                known = self.store.status(profile).fingerprint
-            except StoreError:
-                known = None
-            if known == last[0].fingerprint:
-                return None  # deleted on purpose (purge): readers wait for the next one
-        log.warning("profile=%s: Redis %s; serving the newer token this reader holds "
-                    "(fingerprint=%s) until a new one is published", profile,
-                    "lost the latest publish" if stored else "has no token", last[0].fingerprint)
-        return last[0]
-
-    def _forget_last(self, profile: str) -> None:
-        """A purge or forget was announced: the token we hold must not be served again."""
-        self._last.pop(profile, None)
-        self._invalidate(profile)
-
     def _last_error(self, profile: str) -> str | None:
-        return last_error(self.store, profile)
+        try:
+            return self.store.status(profile).last_error
+        except StoreError:
+            return None
 
     def _diagnose(self, profile: str) -> TokenUnavailable:
-        return diagnose(self.store, profile, self.profiles)
+        unknown = unknown_profile(profile, self.core.profiles)
+        if unknown is not None:
+            return unknown
+        try:
+            record, listed, now = self.store.why_missing(profile)  # the fleet clock
+        except StoreError:
+            record, listed, now = StatusRecord(), None, self.clock.wall()
+        return explain_missing(profile, self.core.profiles, record, listed, now)
 
     def _wait(self, profile: str, wait: float) -> Token:
         last_exc: TokenUnavailable | None = None
@@ -343,7 +291,7 @@ class TokenReader:
         except StoreError as exc:
             if last_exc is None:
                 raise TokenUnavailable(profile, "redis_unreachable",
-                                       _unreachable(self.store, exc)) from None
+                                       unreachable(self.store.where, exc)) from None
             token = None
         if token is not None:
             return token
@@ -360,23 +308,13 @@ class TokenReader:
         Returns:
             True when this call was the first report of that token.
         """
-        access = token.access_token if isinstance(token, Token) else token
-        fp = fingerprint(access)
-        self._rejected[profile] = fp
-        self._invalidate(profile)
+        fp = self.core.mark_rejected(profile, token)
         try:
             first = self.store.report_rejected(profile, fp)
         except StoreError as exc:
             raise TokenUnavailable(profile, "redis_unreachable", "cannot report the rejected "
-                                   f"token: {_unreachable(self.store, exc)}") from None
+                                   f"token: {unreachable(self.store.where, exc)}") from None
         log.info("token rejected by the API reported profile=%s fingerprint=%s first=%s",
                  profile, fp, first)
         return first
 
-
-def _unreachable(store: TokenStore, exc: StoreError) -> str:
-    """What a reader says when Redis would not serve it (no value, no password)."""
-    if isinstance(exc, StoreUnavailable):
-        return f"Redis unreachable at {store.where}"
-    cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "error"
-    return f"Redis at {store.where} refused ({cause})"

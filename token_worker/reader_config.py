@@ -7,15 +7,19 @@ built from a config file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["DEFAULT_MIN_TTL", "gapless_min_ttl", "reader_options"]
+__all__ = ["DEFAULT_CACHE_MAX_AGE", "DEFAULT_MIN_TTL", "gapless_min_ttl", "reader_options"]
 
 # a token with less than this left is not handed out (a payment call takes a while)
 DEFAULT_MIN_TTL = 5.0
+# bound on serving from the cache should the invalidation channel fail silently (a
+# half-open connection): under the 100 ms promise, and still ~200x fewer Redis reads
+DEFAULT_CACHE_MAX_AGE = 0.08
 
 
 def gapless_min_ttl(config: Config, profile: str) -> float:
@@ -33,10 +37,12 @@ def gapless_min_ttl(config: Config, profile: str) -> float:
     return max(0.0, min(DEFAULT_MIN_TTL, room))
 
 
-def reader_options(path: str | None, options: dict[str, Any]) -> dict[str, Any]:
+def reader_options(path: str | None, options: dict[str, Any],
+                   connect: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """``TokenReader`` keyword arguments for the config at ``path``, ``options`` winning.
 
     Each profile's ``min_ttl`` is :func:`gapless_min_ttl` unless ``min_ttl=`` is given.
+    ``connect`` builds the client from the ``[redis]`` settings (default: the sync one).
     """
     from .config import load_config
     from .connection import client_for
@@ -53,6 +59,7 @@ def reader_options(path: str | None, options: dict[str, Any]) -> dict[str, Any]:
         out.setdefault("codec", codec_for(config))
     out.setdefault("profiles", list(config.profiles))
     out.setdefault("prefix", r.prefix)
+    out.setdefault("redis_url", r.url)  # for messages; the client is built here
     if "client" not in out:
-        out["client"] = client_for(r)
+        out["client"] = (connect or client_for)(r)
     return out

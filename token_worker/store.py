@@ -35,10 +35,10 @@ from .connection import (
     is_cluster,
 )
 from .events import Event
-from .exceptions import StoreError
 from .keys import Keys
 from .records import StatusRecord
 from .store_guard import Subscription, guard_public, store_error
+from .store_read import decode_token, function_unavailable, split_read
 from .store_status import ProfileFacts, StatusOps
 from .tokens import Token, bounded_ttl
 
@@ -53,18 +53,7 @@ _monotonic = time.monotonic  # TokenStore.time hides the module inside the class
 # a 401 report makes a profile due again at most this often: a broken API (or a hostile
 # reader) reporting every new token at once must not turn into one endpoint call per tick
 REJECTED_COOLDOWN_SECONDS = 10.0
-# how long a reader falls back to plain commands before trying the read function again
-# (the refresher side loads it; a Redis that restarted empty has lost it until then)
-_FUNCTION_RETRY_SECONDS = 30.0
 
-
-def _split_read(reply: Any) -> tuple[str | None, float, float]:
-    """(value or None, seconds left per PTTL, fleet now) from the read function."""
-    if reply is None:
-        return None, 0.0, 0.0
-    pttl = int(reply[:13])
-    now = int(reply[13:23]) + int(reply[23:29]) / 1_000_000
-    return reply[29:], (pttl / 1000.0 if pttl > 0 else 0.0), now
 
 
 @guard_public
@@ -215,19 +204,13 @@ class TokenStore(StatusOps):
                 else:
                     reply = self.redis.execute_command(  # type: ignore[no-untyped-call]
                         "FCALL_RO", scripts.READ_FUNCTION, 1, key)
-            except redis.exceptions.NoPermissionError:
-                self._fcall_after = float("inf")  # an ACL without +fcall_ro
             except redis.ResponseError as exc:
-                text = str(exc).lower()
-                if "unknown command" in text:
-                    self._fcall_after = float("inf")  # Redis < 7
-                elif "function not found" in text:
-                    # restarted empty, or no refresher has run yet: it loads the function
-                    self._fcall_after = time.monotonic() + _FUNCTION_RETRY_SECONDS
-                else:
+                after = function_unavailable(exc)
+                if after is None:
                     raise
+                self._fcall_after = after
             else:
-                return _split_read(reply)
+                return split_read(reply)
             log.debug("read function unavailable; reading tokens with MULTI GET PTTL TIME")
         # MULTI needs only the read commands themselves under an ACL (ops/redis-acl.conf);
         # on a cluster a plain pipeline (bounded_ttl caps a mismatched pair by expires_at)
@@ -239,14 +222,7 @@ class TokenStore(StatusOps):
 
     def decode(self, profile: str, value: str, ttl: float) -> Token:
         """Decode a stored value; raises StoreError when it cannot be read."""
-        try:
-            data = json.loads(self.codec.decode(profile, value))
-            return Token.from_dict(data, ttl=ttl)
-        except StoreError:
-            raise
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise StoreError(f"token for profile {profile!r} is unreadable "
-                             f"({type(exc).__name__})") from None
+        return decode_token(self.codec, profile, value, ttl)
 
     def get_token(self, profile: str) -> Token | None:
         """The published token, or None."""
