@@ -99,6 +99,7 @@ class AsyncTokenStore:
         if self._fcall_after <= time.monotonic():
             try:
                 if self.keys.hash_tag:  # name the slot's node: no COMMAND GETKEYS first
+                    await self.redis.initialize()  # the slot map (a no-op once learned)
                     reply = await self.redis.execute_command(
                         "FCALL_RO", scripts.READ_FUNCTION, 1, key,
                         target_nodes=self.redis.get_node_from_key(key))
