@@ -142,6 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     with redis_server() as server:
         store = TokenStore(connect_redis(server.url), PREFIX)
+        assert store.load_functions()  # as a worker does: the readers' read function
         now = store.time()
         store.publish(PROFILE, Token("tok-" + "x" * 40, "Bearer", ("client_paymentrequest",),
                                      now, now + 3600, now + 3000))

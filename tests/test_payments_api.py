@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from fastapi.testclient import TestClient
 
 from token_worker.config import Config
 from token_worker.listener import Listener
@@ -16,9 +17,6 @@ from token_worker.refresh import Refresher
 from token_worker.testing.emulator import Emulator
 
 from .support import REPO
-
-pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
 
 
 @pytest.fixture
