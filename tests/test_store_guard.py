@@ -90,3 +90,17 @@ def test_facts_read_locks_only_when_asked(store: TokenStore) -> None:
     assert plain.token_ttl is not None and 299 < plain.token_ttl <= 300
     assert plain.record.fingerprint == make_token(store, 300).fingerprint
     assert abs(now - store.time()) < 5
+
+
+def test_both_stores_classify_errors_alike() -> None:
+    # the async store used to call a cluster that is down "refused"; one function now
+    from redis.exceptions import ClusterDownError, MasterDownError, ResponseError
+
+    from token_worker.store_async import error_at as async_error_at
+    from token_worker.store_guard import error_at
+
+    assert async_error_at is error_at
+    for exc in (ClusterDownError("down"), MasterDownError("down"), ConnectionError("x")):
+        assert isinstance(error_at("h:1", exc), StoreUnavailable)
+    refused = error_at("h:1", ResponseError("WRONGTYPE Operation"))
+    assert not isinstance(refused, StoreUnavailable) and "h:1" in str(refused)

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import redis
-from redis.exceptions import RedisClusterException
 
 from . import scripts
 from .codec import PlainCodec, TokenCodec
@@ -37,7 +36,7 @@ from .connection import (
 from .events import Event
 from .keys import Keys
 from .records import StatusRecord
-from .store_guard import Subscription, guard_public, store_error
+from .store_guard import REDIS_ERRORS, Subscription, guard_public, store_error
 from .store_read import decode_token, function_unavailable, split_read
 from .store_status import ProfileFacts, StatusOps
 from .tokens import Token, bounded_ttl
@@ -111,7 +110,7 @@ class TokenStore(StatusOps):
         yield pipe
         try:
             pipe.execute()
-        except (redis.RedisError, RedisClusterException, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise store_error(self.redis, exc) from exc
 
     # -- clock ---------------------------------------------------------------

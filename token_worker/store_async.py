@@ -17,15 +17,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
 import redis
-from redis.exceptions import RedisClusterException
 
 from . import scripts
 from .codec import PlainCodec, TokenCodec
 from .connection import RedisSettingsLike, async_client_for
 from .events import Event
-from .exceptions import StoreError, StoreUnavailable
 from .keys import Keys
 from .records import StatusRecord
+from .store_guard import REDIS_ERRORS, error_at
 from .store_read import decode_token, function_unavailable, split_read
 from .tokens import Token
 
@@ -33,24 +32,14 @@ __all__ = ["AsyncSubscription", "AsyncTokenStore"]
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
-_ERRORS = (redis.RedisError, RedisClusterException, OSError)
-
-
-def _error(where: str, exc: BaseException) -> StoreError:
-    text = "".join(c if c.isprintable() else "?" for c in str(exc))[:200]
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
-        return StoreUnavailable(f"Redis unreachable at {where}: {type(exc).__name__}: {text}")
-    return StoreError(f"Redis at {where} refused: {type(exc).__name__}: {text}")
-
-
 def _guarded(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
     @functools.wraps(method)
     async def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return await method(*args, **kwargs)
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             store: Any = args[0]
-            raise _error(store.where, exc) from exc
+            raise error_at(store.where, exc) from exc
     return call
 
 
@@ -181,8 +170,8 @@ class AsyncSubscription:
     async def get_message(self, timeout: float) -> dict[str, Any] | None:
         try:
             message: dict[str, Any] | None = await self._pubsub.get_message(timeout=timeout)
-        except _ERRORS as exc:
-            raise _error(self._where, exc) from exc
+        except REDIS_ERRORS as exc:
+            raise error_at(self._where, exc) from exc
         return message
 
     async def aclose(self) -> None:

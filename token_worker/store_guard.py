@@ -18,16 +18,24 @@ from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterExce
 from .connection import describe_redis
 from .exceptions import StoreError, StoreUnavailable
 
-__all__ = ["Subscription", "guard_public", "store_error"]
+__all__ = ["REDIS_ERRORS", "Subscription", "error_at", "guard_public", "store_error"]
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
 
+# what a Redis call can raise: redis-py's cluster errors are no RedisError
+REDIS_ERRORS = (redis.RedisError, RedisClusterException, OSError)
+
+
 def store_error(client: redis.Redis, exc: BaseException) -> StoreError:
     """The StoreError for a redis-py error: the server and what went wrong, no values."""
+    return error_at(describe_redis(client), exc)
+
+
+def error_at(where: str, exc: BaseException) -> StoreError:
+    """:func:`store_error` for a server already described (the async store's)."""
     text = "".join(c if c.isprintable() else "?" for c in str(exc))[:200]
-    where = describe_redis(client)
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError
                   | ClusterDownError | MasterDownError):
         return StoreUnavailable(f"Redis unreachable at {where}: {type(exc).__name__}: {text}")
@@ -39,7 +47,7 @@ def _guarded(method: Callable[_P, _T]) -> Callable[_P, _T]:
     def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return method(*args, **kwargs)
-        except (redis.RedisError, RedisClusterException, OSError) as exc:
+        except REDIS_ERRORS as exc:
             store: Any = args[0]
             raise store_error(store.redis, exc) from exc
     return call
@@ -66,7 +74,7 @@ class Subscription:
         """The next message (``type``, ``data``...), or None after ``timeout`` seconds."""
         try:
             message: dict[str, Any] | None = self._pubsub.get_message(timeout=timeout)
-        except (redis.RedisError, RedisClusterException, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise store_error(self._client, exc) from exc
         return message
 
