@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from token_worker.cli import cli
 from token_worker.config import Config, load_config
 from token_worker.doctor import (
+    _short,
     broker_checks,
     certificate_checks,
     endpoint_check,
@@ -163,6 +164,25 @@ def test_version_rules_name_what_each_feature_needs() -> None:
                            ServerFacts("b:2", hello={"version": "6.2.1"}, functions=True)])
     assert mixed.level is Level.WARN and "6.2.1 (oldest, at b:2)" in mixed.message
     assert version_check([ServerFacts("h:1")]).level is Level.WARN
+
+
+def test_hostile_server_replies_are_neither_a_crash_nor_control_characters() -> None:
+    facts = [ServerFacts("h:1", hello={"version": "7.2.0\x1b[2J"},
+                         info={"role": "master", "slave0": {"ip": "10.0.0.9", "port": 1,
+                                                            "state": "online", "lag": "nan"},
+                               "slave1": {"ip": "10.0.0.8", "port": 2, "state": "online",
+                                          "lag": "garbage"}},
+                         settings={"min-replicas-to-write": "x", "min-replicas-max-lag": "inf"},
+                         functions=True)]
+    assert replication_check(facts).level is Level.OK
+    line = version_check(facts).line()
+    assert "\x1b" not in line and line.startswith("OK    redis version: Redis 7.2.0?[2J")
+
+
+def test_a_transport_quoting_the_broker_password_is_scrubbed() -> None:
+    url = "redis://:p%40ss-Wq9@127.0.0.1:1/0"
+    text = _short(OSError("auth p@ss-Wq9 / p%40ss-Wq9 refused"), url)
+    assert "ss-Wq9" not in text and text == "OSError: auth *** / *** refused"
 
 
 # -- replication --------------------------------------------------------------

@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from .config import Config
 from .credentials import CERT_WARN_DAYS, certificate_not_after
@@ -131,24 +132,26 @@ def broker_checks(config: Config, *, timeout: float = BROKER_TIMEOUT_SECONDS,
         try:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
         except (OperationalError, OSError) as exc:
-            return [Check("broker", Level.FAIL, f"unreachable at {shown}: {_short(exc)}",
+            why = _short(exc, config.broker_url)
+            return [Check("broker", Level.FAIL, f"unreachable at {shown}: {why}",
                           "start the broker or fix celery.broker_url; no refresh can be "
                           "scheduled or sent"),
                     Check(name, Level.FAIL, "not checked: the broker is unreachable",
                           "fix the broker first")]
         checks = [Check("broker", Level.OK, f"{shown} reachable")]
-        checks.append(_queue_check(app, conn, name, queue, inspect_timeout))
+        checks.append(_queue_check(app, conn, name, queue, inspect_timeout, config.broker_url))
         conn.release()
         return checks
     finally:
         app.close()
 
 
-def _queue_check(app: Any, conn: Any, name: str, queue: str, timeout: float) -> Check:
+def _queue_check(app: Any, conn: Any, name: str, queue: str, timeout: float,
+                 url: str) -> Check:
     try:
         replies = app.control.inspect(timeout=timeout, connection=conn).active_queues() or {}
     except Exception as exc:  # noqa: BLE001 - kombu and its transports raise many kinds
-        return Check(name, Level.WARN, f"could not ask the workers: {_short(exc)}",
+        return Check(name, Level.WARN, f"could not ask the workers: {_short(exc, url)}",
                      "celery -A token_worker.celery_app inspect active_queues")
     consumers = sorted(w for w, queues in replies.items()
                        if any(q.get("name") == queue for q in queues or []))
@@ -223,8 +226,17 @@ def _tls_reason(exc: BaseException) -> str:
     return "handshake failed" if "handshake" in str(exc).lower() else type(exc).__name__
 
 
-def _short(exc: BaseException) -> str:
-    text = "".join(c if c.isprintable() else "?" for c in str(exc))[:160]
+def _short(exc: BaseException, url: str = "") -> str:
+    """The error's type and text, printable, without the URL's password should a
+    transport quote it."""
+    text = str(exc)
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        text = text.replace(str(secret), "***")
+    text = "".join(c if c.isprintable() else "?" for c in text)[:160]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

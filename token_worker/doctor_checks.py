@@ -9,6 +9,7 @@ addresses, never a token, a secret or a password.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -156,6 +157,15 @@ def persistence_check(facts: list[ServerFacts]) -> Check:
     return Check(name, Level.OK, ", ".join(sorted(kinds)))
 
 
+def _number(value: Any, default: float = 0.0) -> float:
+    """A server-reported number; what does not parse (or is not finite) is ``default``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
+
+
 def _replicas(info: dict[str, Any]) -> list[dict[str, Any]]:
     return [v for k, v in sorted(info.items()) if re.fullmatch(r"slave\d+", k)
             and isinstance(v, dict)]
@@ -166,57 +176,58 @@ def replication_check(facts: list[ServerFacts], *, wait_replicas: int = 0,
                       lag_warn: float = REPLICA_LAG_WARN_SECONDS) -> Check:
     """Role, replicas and their lag, against ``min-replicas-to-write`` and
     ``redis.wait_replicas``."""
-    name = "replication"
-    fails: list[str] = []
-    warns: list[str] = []
+    found: list[tuple[Level, str, str]] = []  # (level, what, what to do)
     seen: list[str] = []
     for f in facts:
-        role = f.role
-        if role in ("slave", "replica"):
-            fails.append(f"{f.where} is a replica (read-only): refreshes cannot write")
+        if f.role in ("slave", "replica"):
+            found.append((Level.FAIL, f"{f.where} is a replica (read-only): refreshes cannot "
+                          f"write", "point redis.url at the primary (or use redis+sentinel://)"))
             continue
         if not f.info:
-            warns.append(f"could not read INFO replication at {f.where} ({f.info_refused})")
+            found.append((Level.WARN, f"could not read INFO at {f.where}: {f.info_refused}",
+                          "check INFO replication as the admin user"))
             continue
         replicas = _replicas(f.info)
         online = [r for r in replicas if r.get("state") == "online"]
         for r in replicas:
             addr = f"{r.get('ip')}:{r.get('port')}"
             if r.get("state") != "online":
-                warns.append(f"replica {addr} is {r.get('state')}")
-            elif float(r.get("lag", 0)) > lag_warn:
-                warns.append(f"replica {addr} lags {r.get('lag')} s: a failover now loses "
-                             f"the refreshes since")
-        need = int(f.settings.get("min-replicas-to-write") or 0)
-        max_lag = float(f.settings.get("min-replicas-max-lag") or 10)
+                found.append((Level.WARN, f"replica {addr} is {r.get('state')} (not in sync)",
+                              "wait for it to sync, or look at its log"))
+            elif _number(r.get("lag")) > lag_warn:
+                found.append((Level.WARN, f"replica {addr} lags {r.get('lag')} s: a failover "
+                              f"now loses the refreshes since", "look at the replica's load "
+                              "and network"))
+        need = int(_number(f.settings.get("min-replicas-to-write")))
+        max_lag = _number(f.settings.get("min-replicas-max-lag"), 10.0)
         # Redis's own count when it keeps one; else what it would count
-        good = int(f.info.get("min_slaves_good_slaves",
-                              sum(float(r.get("lag", 0)) <= max_lag for r in online)))
+        good = int(_number(f.info.get("min_slaves_good_slaves"),
+                           sum(_number(r.get("lag")) <= max_lag for r in online)))
         if need and good < need:
-            fails.append(f"min-replicas-to-write {need} but {good} replica(s) within "
-                         f"{max_lag:g} s at {f.where}: Redis refuses every write (NOREPLICAS), "
-                         f"so every refresh fails")
+            found.append((Level.FAIL, f"min-replicas-to-write {need} but {good} replica(s) "
+                          f"within {max_lag:g} s at {f.where}: Redis refuses every write "
+                          f"(NOREPLICAS), so every refresh fails",
+                          "bring a replica back, or CONFIG SET min-replicas-to-write 0"))
         if wait_replicas > len(online):
-            warns.append(f"redis.wait_replicas = {wait_replicas} but {len(online)} replica(s) "
-                         f"online at {f.where}: every publish waits the full wait_timeout_ms "
-                         f"and logs a warning")
+            found.append((Level.WARN, f"redis.wait_replicas = {wait_replicas} but "
+                          f"{len(online)} replica(s) online at {f.where}: every publish waits "
+                          f"the full wait_timeout_ms and logs a warning",
+                          "set redis.wait_replicas to the replicas you run"))
         if sentinel and not online:
-            warns.append(f"no replica online behind Sentinel at {f.where}: nothing to fail "
-                         f"over to")
+            found.append((Level.WARN, f"no replica online behind Sentinel at {f.where}: "
+                          f"nothing to fail over to", "bring a replica back"))
         lags = ", ".join(f"{r.get('ip')}:{r.get('port')} lag {r.get('lag')}s" for r in online)
         seen.append(f"{len(online)} replica(s)" + (f" ({lags})" if lags else "")
                     + (f", min-replicas-to-write {need}" if need else ""))
-    if fails:
-        return Check(name, Level.FAIL, "; ".join(fails + warns),
-                     "point redis.url at the primary / fix the replicas or lower "
-                     "min-replicas-to-write")
-    if warns:
-        return Check(name, Level.WARN, "; ".join(warns),
-                     "bring the replicas back in sync, or match redis.wait_replicas to them")
-    summary = "; ".join(dict.fromkeys(seen)) if len(facts) > 1 else seen[0]
+    name = "replication"
+    for level in (Level.FAIL, Level.WARN):
+        worst = [item for item in found if item[0] is level]
+        if worst:
+            return Check(name, level, "; ".join(text for _, text, _ in found), worst[0][2])
+    summary = "; ".join(dict.fromkeys(seen))
     if summary.startswith("0 replica"):
         summary += " (optional: a lost Redis costs one endpoint call per profile)"
-    return Check(name, Level.OK, f"primary{'s' if len(facts) > 1 else ''}, {summary}")
+    return Check(name, Level.OK, f"primar{'ies' if len(facts) > 1 else 'y'}, {summary}")
 
 
 def clock_check(skew: float) -> Check:
