@@ -8,7 +8,9 @@ Everything else is real:
   ``token-worker metrics`` sidecar; three profiles whose tokens live ``--lifetime`` s;
 * Prometheus (Debian's ``prometheus`` package) scraping both exporters every 0.5 s;
 * three induced episodes, shaded on the picture: a slow endpoint, an endpoint outage
-  (the emulator stopped) and a Redis restart (killed, back empty).
+  (the emulator stopped) and a Redis restart (killed, back empty); after each of the last
+  two the run waits until every profile has a token again (a profile with none retries at
+  least every ``BACKOFF_MAX_WITHOUT_TOKEN`` seconds, longer than these tokens live).
 
 Then every panel's own PromQL goes to Prometheus's HTTP API (``query_range`` for graphs
 and state timelines, ``query`` at the end for stats), with the variables a viewer would
@@ -17,7 +19,7 @@ is 1h). matplotlib draws each panel at its ``gridPos`` with its title, unit, leg
 format, value mappings, overrides and thresholds: only what this dashboard's panel types
 use (row, timeseries, state-timeline, stat). One colour per profile across panels.
 
-    scripts/render_dashboard [--out PATH] [--lifetime SECONDS]
+    scripts/render_dashboard [--out PATH] [--lifetime SECONDS] [--save JSON | --redraw JSON]
 
 Needs ``apt-get install prometheus redis-server`` and the ``render`` extra (matplotlib).
 """
@@ -114,6 +116,7 @@ def fleet_run(workdir: Path, lifetime: float,
               log: Callable[[str], None]) -> Generator[Run, None, None]:
     """The fleet, Prometheus and the episodes; yields once it is all over, Prometheus still
     up (a generator: the caller queries, then closes it)."""
+    from token_worker.backoff import BACKOFF_MAX_WITHOUT_TOKEN
     from token_worker.testing import (
         Emulator,
         RedisServer,
@@ -168,14 +171,24 @@ def fleet_run(workdir: Path, lifetime: float,
             end()
             episodes.append(Episode(name, t, time.time()))
 
+        def until_every_token_is_back() -> None:
+            # with no token a profile retries at least every BACKOFF_MAX_WITHOUT_TOKEN s
+            deadline = time.monotonic() + BACKOFF_MAX_WITHOUT_TOKEN + 2 * lifetime
+            while time.monotonic() < deadline and len(query(prom, back, 0, time.time())) \
+                    < len(PROFILES):
+                hold(1)
+            hold(0.6 * lifetime)
+
+        back = Query("back", "min by (profile) (token_worker_token_expires_in_seconds) > 0",
+                     None, instant=True)
         hold(1.5 * lifetime)
         episode("slow endpoint (2 s)", lambda: emulator.set_latency(2.0),
                 lambda: emulator.set_latency(0.05), 1.2 * lifetime)
         hold(0.5 * lifetime)
-        episode("endpoint outage", emulator.stop, emulator.start, 1.8 * lifetime)
-        hold(1.2 * lifetime)
-        episode("Redis restart", redis.kill, redis.start, 8)
-        hold(1.2 * lifetime)
+        episode("endpoint outage", emulator.stop, emulator.start, 1.6 * lifetime)
+        until_every_token_is_back()
+        episode("Redis restart", redis.kill, redis.start, 15)
+        until_every_token_is_back()
         yield Run(prom, start, time.time(), episodes)
 
 

@@ -196,15 +196,19 @@ def ticks(run: Run, most: int = 7) -> list[float]:
 def draw(dashboard: dict[str, Any], panels: list[Panel],
          data: dict[tuple[int, str], list[Series]], run: Run, variables: dict[str, str],
          out: Path) -> None:
-    """Draw ``panels`` (their query results in ``data``) into the PNG ``out``."""
+    """Draw ``panels`` (their query results in ``data``) into the PNG ``out``.
+
+    Raises:
+        ValueError: a panel of a type not in :data:`DRAWN` (before matplotlib is loaded).
+    """
+    for panel in panels:
+        if panel.kind not in DRAWN:
+            raise ValueError(f"panel {panel.id} {panel.title!r}: cannot draw a {panel.kind}")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for panel in panels:
-        if panel.kind not in DRAWN:
-            raise ValueError(f"panel {panel.id} {panel.title!r}: cannot draw a {panel.kind}")
     rows = max(p.grid["y"] + p.grid["h"] for p in panels)
     height_px = HEADER_PX + rows * ROW_PX
     fig = plt.figure(figsize=(WIDTH_PX / DPI, height_px / DPI), dpi=DPI, facecolor=BG)
@@ -357,6 +361,8 @@ def _state_timeline(fig: Any, panel: Panel, named: Named, inner: tuple[float, ..
     ax.grid(False)
     time_axis(ax)
     texts = mapping(panel.defaults)
+    low, high = ax.get_xlim()
+    px_per_second = inner[2] * fig.bbox.width / ((high - low) * 86400)
     names = []
     for lane, (q, labels, points) in enumerate(named):
         names.append(legend(q.legend, labels))
@@ -365,7 +371,7 @@ def _state_timeline(fig: Any, panel: Panel, named: Named, inner: tuple[float, ..
             ax.broken_barh([(start / 86400, (end - start) / 86400)], (lane - 0.42, 0.84),
                            facecolor=color(name), alpha=0.8, lw=0)
             middle = (start + end) / 2 / 86400
-            if end - start >= 0.06 * (ax.get_xlim()[1] - ax.get_xlim()[0]) * 86400:
+            if (end - start) * px_per_second >= 8 * len(text) + 8:  # showValue auto
                 ax.text(middle, lane, text, color="#111217", fontsize=10, ha="center",
                         va="center", weight="bold")
     ax.set_yticks(range(len(names)), names)
