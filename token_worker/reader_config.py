@@ -12,7 +12,9 @@ checked by the very rules the model applies (:mod:`token_worker.settings_rules`)
 - the top-level table names and the cross-key rules (:func:`~token_worker.checks.raw_problems`).
 
 The worker's own keys (``[celery]``, ``[clients.*]`` fields, scopes, ``[metrics]``) are
-left to the worker and ``config check``.
+left to the worker and ``config check``. :mod:`token_worker.reader` imports this module
+for its constants; the loading parts (tomllib included) are imported when a reader is
+built from a file.
 """
 
 from __future__ import annotations
@@ -21,19 +23,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from .checks import key_text, raw_problems
-from .config_file import name_sources, read_config_file, with_env_overrides
-from .exceptions import ConfigError
-from .settings_rules import (
-    NUMBERS,
-    REDIS_DEFAULTS,
-    REDIS_KEYS,
-    SECTIONS,
-    read_encryption_keys,
-    read_sentinel_password,
-    redis_value,
-)
 
 if TYPE_CHECKING:
     from .config import Config
@@ -87,6 +76,8 @@ def _table(data: dict[str, Any], name: str, problems: list[str]) -> dict[str, An
 def _number(table: dict[str, Any], where: str, key: str, problems: list[str], *,
             rule: str, default: float) -> float:
     """``table[key]`` by the shared rule ``NUMBERS[rule]``; ``default`` if absent."""
+    from .settings_rules import NUMBERS
+
     if key not in table:
         return default
     try:
@@ -103,6 +94,11 @@ def parse_reader_config(data: dict[str, Any], *, path: str = "") -> ReaderConfig
     Raises:
         ConfigError: one line per problem, naming the key, never quoting a value.
     """
+    from .checks import key_text, raw_problems
+    from .config_file import name_sources, with_env_overrides
+    from .exceptions import ConfigError
+    from .settings_rules import NUMBERS, REDIS_DEFAULTS, REDIS_KEYS, SECTIONS, redis_value
+
     data, overridden = with_env_overrides(data)
     problems = [f"{key_text(k)}: unknown key" for k in data if k not in SECTIONS]
     redis_table = _table(data, "redis", problems)
@@ -146,6 +142,8 @@ def load_reader_config(path: str | os.PathLike[str] | None = None) -> ReaderConf
     Raises:
         ConfigError: the file is missing, is not TOML, or the reader's part is invalid.
     """
+    from .config_file import read_config_file
+
     resolved, data = read_config_file(path)
     return parse_reader_config(data, path=str(resolved))
 
@@ -158,6 +156,7 @@ def reader_options(path: str | None, options: dict[str, Any],
     ``connect`` builds the client from the ``[redis]`` settings (default: the sync one).
     """
     from .connection import RedisTarget, client_for
+    from .settings_rules import read_encryption_keys, read_sentinel_password
 
     config = load_reader_config(path)
     r = config.redis
