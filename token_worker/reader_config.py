@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,13 +55,20 @@ def gapless_min_ttl(config: Config, profile: str) -> float:
                    config.stitch.timeout_seconds)
 
 
-@dataclass(frozen=True, slots=True)
 class ReaderConfig:
-    """The reader's part of a config: ``redis`` holds every ``[redis]`` key."""
+    """The reader's part of a config: ``redis`` holds every ``[redis]`` key.
 
-    redis: dict[str, Any]
-    min_ttls: dict[str, float]
-    path: str = ""
+    A plain class, not a dataclass: this module is on every reader's import path.
+    """
+
+    __slots__ = ("min_ttls", "path", "redis")
+
+    def __init__(self, redis: dict[str, Any], min_ttls: dict[str, float], path: str = ""
+                 ) -> None:
+        self.redis, self.min_ttls, self.path = redis, min_ttls, path
+
+    def __repr__(self) -> str:  # the settings hold a URL, perhaps with a password
+        return f"ReaderConfig(path={self.path!r}, profiles={list(self.min_ttls)!r})"
 
 
 def _table(data: dict[str, Any], name: str, problems: list[str]) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -36,14 +35,21 @@ _PREFIX = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 
-@dataclass(frozen=True, slots=True)
 class Number(Generic[T]):
-    """A bounded, finite number: an int (never a bool) where the default is one."""
+    """A bounded, finite number: an int (never a bool) where the default is one.
 
-    default: T
-    le: float
-    ge: float | None = None
-    gt: float | None = None
+    A plain class, not a dataclass: it is built on every reader's start-up path.
+    """
+
+    __slots__ = ("default", "ge", "gt", "le")
+
+    def __init__(self, default: T, *, le: float, ge: float | None = None,
+                 gt: float | None = None) -> None:
+        self.default: T = default
+        self.le, self.ge, self.gt = le, ge, gt
+
+    def __repr__(self) -> str:
+        return f"Number({self.default!r}, ge={self.ge!r}, gt={self.gt!r}, le={self.le!r})"
 
     def value(self, given: Any) -> T:
         """``given`` as the setting holds it (ints become floats for a float setting).
