@@ -70,9 +70,9 @@ def test_a_redis_server_that_cannot_start_says_so_quickly(tmp_path: Path) -> Non
 def test_a_redis_server_whose_chosen_port_was_taken_starts_on_another() -> None:
     server = RedisServer()
     chosen = server.port
-    with socket.socket() as squatter:  # a parallel test, say, between the choice and the bind
+    # another socket holds it between the choice and the bind (a client's connection, say)
+    with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", chosen))
-        squatter.listen()
         with server:
             assert server.port != chosen and server.client().ping()
             assert server.client().info("server")["process_id"] == server.proc.pid

@@ -74,7 +74,6 @@ def test_cluster_keys_of_one_prefix_share_a_slot_on_the_master_that_serves_it() 
     # another process takes a node's bus port after it was chosen: new ports, no failure
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", cluster.ports[1] + 10000))
-    squatter.listen()
     taken = squatter.getsockname()[1]
     with squatter, cluster:
         assert taken not in {*cluster.ports, *(p + 10000 for p in cluster.ports)}
