@@ -16,8 +16,6 @@ from types import TracebackType
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from .helpers import free_port, port_in_use
 
@@ -88,10 +86,8 @@ class RedisServer:
             raise
 
     def ready_client(self) -> redis.Redis:
-        """The client readiness is checked with (a server without a default user overrides):
-        no retries (redis-py's spend seconds on a refused connection), short timeouts."""
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=1,
-                           socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+        """The client readiness is checked with (a server without a default user overrides)."""
+        return self.client()
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
