@@ -168,7 +168,7 @@ def test_env_and_file_together_are_refused() -> None:
     (f"{K1},{generate_key('k1')}", "entry 2 repeats the key id of an earlier entry"),
     (f"bad:kid:{K1.split(':')[1]}", "entry 1 is not"),
     (" , ", "no keys listed"),
-])
+], ids=["not-kid-base64", "short-key", "repeated-kid", "kid-with-colon", "no-keys"])
 def test_config_check_names_the_bad_key_entry_never_the_key(
         path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, message: str) -> None:
     monkeypatch.setenv(ENV, spec)

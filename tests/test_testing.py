@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 
@@ -64,6 +65,30 @@ def test_a_redis_server_that_cannot_start_says_so_quickly(tmp_path: Path) -> Non
         server.start()
     assert server.proc is None  # nothing left running
     assert tmp_path.is_dir()  # a directory it was given is not its to remove
+
+
+def test_a_redis_server_whose_chosen_port_was_taken_starts_on_another() -> None:
+    server = RedisServer()
+    chosen = server.port
+    # another socket holds it between the choice and the bind (a client's connection, say)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", chosen))
+        with server:
+            assert server.port != chosen and server.client().ping()
+            assert server.client().info("server")["process_id"] == server.proc.pid
+            server.restart()  # once started, its port is known: it stays
+            assert server.client().ping() and server.url.endswith(f":{server.port}/0")
+            moved = server.port
+        assert moved != chosen
+
+
+def test_a_redis_server_on_a_port_another_one_holds_does_not_pass_for_it() -> None:
+    # the other answers PING until this one's failed bind makes it exit: never "started"
+    with RedisServer() as other:
+        clash = RedisServer(port=other.port)  # a port it was given: it must not move
+        with pytest.raises(RuntimeError, match="did not start"):
+            clash.start()
+        assert clash.proc is None and clash.port == other.port and other.client().ping()
 
 
 def test_worker_env_drops_url_overrides_unless_given(monkeypatch: pytest.MonkeyPatch,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+from pathlib import Path
 
 import pytest
 import redis
@@ -30,16 +32,17 @@ def test_sentinel_and_cluster_urls_follow_the_contract() -> None:
     assert 6379 not in cluster.ports and all(port + 10000 <= 65535 for port in cluster.ports)
 
 
-def test_a_topology_that_does_not_start_leaves_no_process_or_directory() -> None:
+def test_a_topology_that_does_not_start_leaves_no_process_or_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     topology = SentinelSet(extra_args=["--no-such-option", "yes"])
     with pytest.raises(RuntimeError, match="did not start"):
         topology.start()
     assert topology.nodes == [] and topology.dir is None
-    before = set(os.listdir(tempfile.gettempdir()))
+    # a temp dir of its own: parallel tests start topologies in the shared one
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(RuntimeError):
         RedisCluster(masters=2).start()  # redis-cli wants three masters; no dir is left
-    assert not {d for d in set(os.listdir(tempfile.gettempdir())) - before
-                if d.startswith("tw-topology-")}
+    assert not [d for d in os.listdir(tmp_path) if d.startswith("tw-topology-")]
 
 
 def test_sentinel_fails_over_to_the_replica_that_has_the_data() -> None:
@@ -67,7 +70,13 @@ def test_sentinel_fails_over_to_the_replica_that_has_the_data() -> None:
 
 
 def test_cluster_keys_of_one_prefix_share_a_slot_on_the_master_that_serves_it() -> None:
-    with RedisCluster() as cluster:
+    cluster = RedisCluster()
+    # another process takes a node's bus port after it was chosen: new ports, no failure
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", cluster.ports[1] + 10000))
+    taken = squatter.getsockname()[1]
+    with squatter, cluster:
+        assert taken not in {*cluster.ports, *(p + 10000 for p in cluster.ports)}
         client = ClusterClient(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster.ports],
                                decode_responses=True)
         client.set("{stitch}:a", "1")

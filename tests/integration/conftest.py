@@ -25,7 +25,13 @@ from tests.support import REPO, SECRET, RedisServer
 from token_worker.testing import Worker, celery_worker, worker_env, write_config
 from token_worker.testing.emulator import Emulator
 
-__all__ = ["THREE", "Fleet", "Worker", "fleet", "subprocess_env"]
+__all__ = ["HEAVY", "THREE", "Fleet", "Worker", "fleet", "subprocess_env"]
+
+# Scenarios that load the machine most and whose bounds a loaded machine tests hardest
+# (the soak's refresh count, failovers that readers must not notice): under xdist
+# (``scripts/test`` runs four workers) they share one worker, so never two run at once;
+# the lighter tests run beside them.
+HEAVY = pytest.mark.xdist_group("heavy")
 
 THREE = {"payments": ["client_paymentrequest"], "refunds": ["client_refund"],
          "disbursements": ["client_disbursement"]}

@@ -31,7 +31,7 @@ from token_worker.testing import Worker, celery_worker, free_port, wait_until, w
 from token_worker.testing.emulator import Emulator
 from token_worker.testing.topologies import RedisCluster, SentinelSet
 
-from .conftest import THREE, subprocess_env
+from .conftest import HEAVY, THREE, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -129,6 +129,7 @@ def _report(name: str, figures: dict[str, object]) -> None:
 
 # -- Sentinel ---------------------------------------------------------------------------
 
+@HEAVY
 def test_sentinel_failover_loses_no_read_and_costs_at_most_the_lost_publish(
         workdir: Path, emulator: Emulator, secret_env: str) -> None:
     emulator.set_expires_in(LIFETIME)
@@ -188,6 +189,7 @@ def _scrape(port: int) -> str:
         return str(reply.read().decode())
 
 
+@HEAVY
 @pytest.mark.skipif(not _rabbitmq_up(), reason="RabbitMQ is not running on 127.0.0.1:5672")
 def test_cluster_serves_every_command_and_follows_a_master_failover(
         workdir: Path, emulator: Emulator, secret_env: str) -> None:
@@ -332,6 +334,7 @@ def _demo_shows_every_profile(result: subprocess.CompletedProcess[str]) -> None:
         assert f"\n{profile} " in final and " valid " in final, final
 
 
+@HEAVY
 def test_the_demo_runs_on_sentinel(workdir: Path, emulator: Emulator, secret_env: str) -> None:
     with SentinelSet() as sentinels:
         config = write_config(workdir / "tw.toml", redis_url=sentinels.url,
@@ -339,6 +342,7 @@ def test_the_demo_runs_on_sentinel(workdir: Path, emulator: Emulator, secret_env
         _demo_shows_every_profile(_demo(workdir, config))
 
 
+@HEAVY
 @pytest.mark.skipif(not _rabbitmq_up(), reason="RabbitMQ is not running on 127.0.0.1:5672")
 def test_the_demo_runs_on_a_cluster_with_the_configured_broker(
         workdir: Path, emulator: Emulator, secret_env: str) -> None:

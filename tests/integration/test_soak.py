@@ -36,10 +36,10 @@ from token_worker import TokenReader
 from token_worker.tokens import JITTER_FRACTION
 
 from ..support import record_publishes
-from .conftest import Fleet, subprocess_env
+from .conftest import HEAVY, Fleet, subprocess_env
 from .test_reliability import SCOPES, write_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, HEAVY]
 
 LIFETIME, MARGIN, INTERVAL, MIN_TTL = 5.0, 3.0, 0.25, 0.5
 READERS, READ_SECONDS, WARM_UP = 8, 55.0, 2.0

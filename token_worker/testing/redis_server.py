@@ -17,16 +17,19 @@ from typing import Any
 
 import redis
 
-from .helpers import free_port
+from .helpers import free_port, port_in_use
 
 __all__ = ["RedisServer"]
+
+_PORT_ATTEMPTS = 3
 
 
 class RedisServer:
     """A private redis-server on a free port; can be killed and restarted (empty).
 
     Args:
-        port: the port (default: a free one).
+        port: the port (default: a free one; should another process take it before the
+            first start binds it, that start moves to another free port).
         extra_args: more ``redis-server`` options (TLS, an ACL file, ...).
         workdir: its data directory (default: a new temporary one, removed on stop).
     """
@@ -34,6 +37,7 @@ class RedisServer:
     def __init__(self, port: int | None = None, extra_args: list[str] | None = None,
                  workdir: Path | str | None = None) -> None:
         self.port = port or free_port()
+        self._may_move = port is None  # until the first start: nobody knows the port yet
         self.extra_args = extra_args or []
         self._own_dir = workdir is None
         self.dir = str(workdir) if workdir is not None else tempfile.mkdtemp(prefix="tw-redis-")
@@ -49,6 +53,22 @@ class RedisServer:
         Raises:
             RuntimeError: redis-server is not installed or did not start.
         """
+        for attempt in range(_PORT_ATTEMPTS):
+            try:
+                self._start()
+            except RuntimeError:
+                # lost the race for a port it picked itself: pick another; any other
+                # failure (a bad option, no binary) is the caller's to see
+                if (not self._may_move or attempt == _PORT_ATTEMPTS - 1
+                        or not port_in_use(self.port)):
+                    raise
+                self.port = free_port()
+                continue
+            self._may_move = False
+            break
+        return self
+
+    def _start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -64,7 +84,6 @@ class RedisServer:
         except RuntimeError:
             self.kill()
             raise
-        return self
 
     def ready_client(self) -> redis.Redis:
         """The client readiness is checked with (a server without a default user overrides)."""
@@ -76,12 +95,24 @@ class RedisServer:
             if self.proc is not None and self.proc.poll() is not None:
                 break  # it exited: a bad option or a taken port
             try:
-                if self.ready_client().ping():
+                if self._answers_as_itself():
                     return
             except (redis.RedisError, OSError):
                 pass
             time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def _answers_as_itself(self) -> bool:
+        """It answers, and it is this process: not another server that won the port
+        (that one answers ``PING`` too until this one's failed bind makes it exit)."""
+        with self.ready_client() as client:
+            if not client.ping():
+                return False
+            try:
+                pid = int(client.info("server")["process_id"])
+            except redis.ResponseError:  # a user not allowed INFO: the ping must do
+                return True
+        return self.proc is None or pid == self.proc.pid
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -5,19 +5,16 @@
 - :class:`RedisCluster`: three masters (and a replica each), for ``redis+cluster://``: do
   the ``{stitch}:...`` keys share a slot, are they still read after their master fails over?
 
-Every node is a :class:`ConfServer` (a ``RedisServer``: a test may ``kill()`` one) on
-127.0.0.1 that saves nothing; ``stop()``, or the end of the ``with`` block, kills them all
-and removes the temporary directory, also when ``start()`` failed.
+Every node is a :class:`ConfServer` (a ``RedisServer``: a test may ``kill()`` one) on 127.0.0.1
+that saves nothing; ``stop()`` (or the ``with`` block's end) kills them all and removes the
+temporary directory, also when ``start()`` failed.
 """
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -27,42 +24,19 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .helpers import free_port, wait_until
+from .helpers import free_ports, port_in_use, timed_wait, wait_until
 from .redis_server import RedisServer
 
 __all__ = ["ConfServer", "RedisCluster", "SentinelSet"]
+
+_PORT_ATTEMPTS = 3
+
 
 def _setting(name: str, value: str | None) -> list[str]:
     """``[name "value"]`` for a conf file (escaped); ``[]`` when ``value`` is None."""
     if value is None:
         return []
     return [f'{name} "' + value.replace("\\", "\\\\").replace('"', '\\"') + '"']
-
-
-def _free_ports(count: int, bus: bool = False) -> list[int]:
-    """Distinct free ports; with ``bus``, ones whose cluster bus port (+10000) is free too."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        wanted = {port, port + 10000} if bus else {port}
-        if wanted & {6379, *ports, *(p + 10000 for p in ports)}:
-            continue
-        try:
-            if bus:
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port + 10000))  # OverflowError above 65535
-        except (OSError, OverflowError):
-            continue
-        ports.append(port)
-    return ports
-
-
-def _timed(done: Callable[[], bool], timeout: float, failure: str) -> float:
-    """Seconds until ``done()``; RuntimeError(``failure``) after ``timeout``."""
-    began = time.monotonic()
-    if not wait_until(done, timeout):
-        raise RuntimeError(failure)
-    return time.monotonic() - began
 
 
 def _data_conf(port: int, directory: str) -> list[str]:
@@ -135,15 +109,28 @@ class _Topology:
     def _setup(self) -> None:
         raise NotImplementedError
 
+    def _pick_ports(self) -> None:  # (new) free ports for every node
+        raise NotImplementedError
+
+    def _ports(self) -> list[int]:  # every port a node binds (cluster bus ports too)
+        raise NotImplementedError
+
     def start(self) -> Self:
-        """Start it all, wait until settled; RuntimeError (all torn down) when it is not."""
-        self.dir = tempfile.mkdtemp(prefix="tw-topology-")
-        try:
-            self._setup()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        """Start it all, wait until settled; RuntimeError (all torn down) when it is not.
+        Another process that took a port first (they were free when chosen) costs a
+        start on new ports, up to three times."""
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            self.dir = tempfile.mkdtemp(prefix="tw-topology-")
+            try:
+                self._setup()
+                return self
+            except BaseException as exc:
+                self.stop()  # its own nodes are dead: a port still held is another's
+                if (attempt == _PORT_ATTEMPTS or not isinstance(exc, RuntimeError)
+                        or not any(map(port_in_use, self._ports()))):
+                    raise
+                self._pick_ports()
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         """SIGKILL every process (nothing is saved, nothing to flush); remove the temp dir."""
@@ -197,9 +184,15 @@ class SentinelSet(_Topology):
         self.service, self.password, self.username = service, password, username
         self.sentinel_password, self.extra_args = sentinel_password, extra_args or []
         self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
-        ports = _free_ports(5)
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        ports = free_ports(5)
         self.data_ports, self.sentinel_ports = ports[:2], ports[2:]
         self.sentinels: list[ConfServer] = []
+
+    def _ports(self) -> list[int]:
+        return [*self.data_ports, *self.sentinel_ports]
 
     @property
     def url(self) -> str:
@@ -280,13 +273,13 @@ class SentinelSet(_Topology):
             role = self.node(port).ask("ROLE") if port not in (None, old_port) else None
             return bool(role and role[0] == "master")
 
-        return _timed(done, timeout, f"no failover from port {old_port} in {timeout} s")
+        return timed_wait(done, timeout, f"no failover from port {old_port} in {timeout} s")
 
     def wait_for_replica(self, port: int, timeout: float = 30.0) -> float:
         """Seconds until the data node on ``port`` replicates the current primary, in sync
         (Sentinel turns a restarted old primary into a replica after some 8 to 10 s)."""
-        return _timed(lambda: self._in_sync(port, self.primary_port), timeout,
-                      f"port {port} did not become an in-sync replica in {timeout} s")
+        return timed_wait(lambda: self._in_sync(port, self.primary_port), timeout,
+                          f"port {port} did not become an in-sync replica in {timeout} s")
 
 
 class RedisCluster(_Topology):
@@ -298,7 +291,13 @@ class RedisCluster(_Topology):
                  node_timeout_ms: int = 1000) -> None:
         super().__init__()
         self.masters, self.replicas, self.node_timeout_ms = masters, replicas, node_timeout_ms
-        self.ports = _free_ports(masters * (1 + replicas), bus=True)
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        self.ports = free_ports(self.masters * (1 + self.replicas), bus=True)
+
+    def _ports(self) -> list[int]:
+        return [*self.ports, *(port + 10000 for port in self.ports)]
 
     @property
     def url(self) -> str:
@@ -391,4 +390,4 @@ class RedisCluster(_Topology):
                 first <= slot <= last and ports[0] == replica and (kill or master_port in ports)
                 for first, last, ports in self._slots(port)) for port in self._live_ports())
 
-        return _timed(done, timeout, f"port {replica} did not take over from {master_port}")
+        return timed_wait(done, timeout, f"port {replica} did not take over from {master_port}")
