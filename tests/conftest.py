@@ -15,6 +15,14 @@ from token_worker.testing.emulator import Emulator
 from .support import CLIENT_ID, SECRET, RedisServer, write_config
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # timing tests share one xdist worker (never two at once) unless they name their own
+    # group (the soak runs beside them: it waits, it does not load the machine)
+    for item in items:
+        if item.get_closest_marker("timing") and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("timing"))
+
+
 @pytest.fixture(autouse=True)
 def _restore_token_worker_logging() -> Iterator[None]:
     """The CLI configures the token_worker logger (own handler, no propagation); undo it

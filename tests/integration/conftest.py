@@ -27,11 +27,11 @@ from token_worker.testing.emulator import Emulator
 
 __all__ = ["HEAVY", "THREE", "Fleet", "Worker", "fleet", "subprocess_env"]
 
-# Scenarios that load the machine most and whose bounds a loaded machine tests hardest
-# (the soak's refresh count, failovers that readers must not notice): under xdist
-# (``scripts/test`` runs four workers) they share one worker, so never two run at once;
-# the lighter tests run beside them.
-HEAVY = pytest.mark.xdist_group("heavy")
+# Scenarios whose bounds a loaded machine tests hardest (the soak's refresh count,
+# failovers that readers must not notice, a CLI that must answer within a token's last
+# seconds): ``scripts/test`` runs them in a second phase, after the parallel one, on two
+# workers (the soak on one, the rest one at a time on the other: tests/conftest.py).
+HEAVY = pytest.mark.timing
 
 THREE = {"payments": ["client_paymentrequest"], "refunds": ["client_refund"],
          "disbursements": ["client_disbursement"]}

@@ -38,7 +38,7 @@ from token_worker.tasks import BEAT_ENTRY, DUE_TASK
 from token_worker.testing import Worker, spawn_worker, wait_until
 
 from ..support import record_publishes
-from .conftest import THREE, Fleet, subprocess_env
+from .conftest import HEAVY, THREE, Fleet, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -363,6 +363,7 @@ def test_django_celery_beat_stores_intervals_in_whole_seconds(
     assert stored == {"30.0": [30, 30.0], "2.5": [2, 2.0], "0.5": [0, 0.0]}
 
 
+@HEAVY
 def test_django_celery_beat_floods_the_broker_with_a_sub_second_interval(
         fleet: Fleet, django_db: dict[str, str]) -> None:
     # the running schedule keeps 0.5 s until it is read back from the table: after any

@@ -32,7 +32,7 @@ from token_worker.store import TokenStore, connect_redis
 from token_worker.testing.configs import write_config as write_base_config
 from token_worker.testing.emulator import Emulator
 
-from .conftest import Fleet, subprocess_env
+from .conftest import HEAVY, Fleet, subprocess_env
 
 pytestmark = pytest.mark.integration
 
@@ -207,6 +207,7 @@ MALFORMED = ["html", "malformed_json", "missing_token", "bad_expires", "wrong_to
              "scope_not_granted"]
 
 
+@HEAVY
 def test_readers_keep_the_current_token_through_an_outage_until_it_truly_expires(
         fleet: Fleet, calls: CallLog) -> None:
     lifetime, margin, min_ttl = 10, 8, 0.5

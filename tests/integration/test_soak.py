@@ -39,7 +39,7 @@ from ..support import record_publishes
 from .conftest import HEAVY, Fleet, subprocess_env
 from .test_reliability import SCOPES, write_config
 
-pytestmark = [pytest.mark.integration, HEAVY]
+pytestmark = [pytest.mark.integration, HEAVY, pytest.mark.xdist_group("soak")]
 
 LIFETIME, MARGIN, INTERVAL, MIN_TTL = 5.0, 3.0, 0.25, 0.5
 READERS, READ_SECONDS, WARM_UP = 8, 55.0, 2.0
