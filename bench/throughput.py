@@ -125,7 +125,8 @@ def burst(server: RedisServer, workers: int, n: int, pool: str, concurrency: int
         cpu = cpu_seconds(pids) - cpu0
         stats = emu.stats()
         time.sleep(0.5)  # the last task's "succeeded" line
-        tasks = sum(len(re.findall(rb"refresh_profile\[[^\]]*\] received", p.log_path.read_bytes()))
+        tasks = sum(len(re.findall(rb"refresh_(?:profile|batch)\[[^\]]*\] received",
+                                   p.log_path.read_bytes()))
                     for p in procs)
         return {"done": done, "from_t0": last - t0, "from_first_call": last - first_call,
                 "tick_wait": first_call - t0, "calls": stats["calls"],
@@ -193,7 +194,7 @@ def steady(server: RedisServer, workers: int, n: int, pool: str, concurrency: in
             "mean_after": len(after_first) / (total - lifetime),
             "max_all": max_in_window(times, 0, total),
             "max_after": max_in_window(times, lifetime, total), "failed": failed,
-            "ideal_rate": n / (lifetime - margin)}
+            "ideal_rate": n / (lifetime - margin), "times": times}
 
 
 def run(quick: bool = False, pool: str = "prefork", concurrency: int = 4) -> list[Row]:

@@ -39,3 +39,4 @@ MAX_MARGIN = 604800.0  # the longest token lifetime Stitch may grant (7 days)
 # Celery task names (public: routes and beat entries name them)
 DUE_TASK = "token_worker.refresh_due"
 PROFILE_TASK = "token_worker.refresh_profile"
+BATCH_TASK = "token_worker.refresh_batch"
