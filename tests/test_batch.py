@@ -12,8 +12,8 @@ from token_worker.batch import refresh_batch
 from token_worker.config import load_config
 from token_worker.outcomes import Outcome
 from token_worker.refresh import Refresher
-from token_worker.testing.emulator import Emulator
 from token_worker.testing.configs import write_config
+from token_worker.testing.emulator import Emulator
 from token_worker.tokens import PHASE_FLOOR
 
 from .support import raw_status

@@ -84,9 +84,10 @@ def schedule_refresh(
 
     ``phase`` (in [0, 1)) gives the profile its own place in the rotation instead: the
     first moment past ``PHASE_FLOOR`` of the lead time whose position in the fleet clock's
-    cycle of the rest of the lead is ``phase``. Tokens fetched off their rotation (the first of a cold fleet,
-    one after an outage or a forced refresh) then come due spread evenly over the lead,
-    however bunched they were fetched, and every later rotation keeps its phase.
+    cycle of the rest of the lead is ``phase``. Tokens fetched off their rotation (the
+    first of a cold fleet, one after an outage or a forced refresh) then come due spread
+    evenly over the lead, however bunched they were fetched, and every later rotation
+    keeps its phase.
     """
     lifetime = expires_at - issued_at
     base = expires_at - margin if margin < lifetime else issued_at + lifetime / 2
