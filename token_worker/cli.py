@@ -111,6 +111,23 @@ def check(state: State, min_ttl: float) -> None:
     click.echo(f"OK {len(rows)} profiles have at least {min_ttl:g}s left")
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, failed, checks.")
+@pass_state
+@_errors
+def doctor(state: State, as_json: bool) -> None:
+    """Check the deployment (Redis, broker, endpoint, certificates); exit 1 on a hazard."""
+    from .doctor import exit_code, report, run_doctor
+
+    checks = run_doctor(state.config)
+    if as_json:
+        click.echo(json.dumps(report(checks), indent=2))
+    else:
+        for item in checks:
+            click.echo(item.line())
+    raise SystemExit(exit_code(checks))
+
+
 # -- refresh ------------------------------------------------------------------
 @cli.command()
 @click.argument("profiles", nargs=-1)

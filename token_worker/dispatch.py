@@ -14,13 +14,14 @@ from .constants import PROFILE_TASK
 from .exceptions import TokenWorkerError
 from .urls import redact_url
 
-__all__ = ["SEND_EXPIRES_SECONDS", "send_refresh"]
+__all__ = ["SEND_EXPIRES_SECONDS", "producer_app", "send_refresh"]
 
 # a refresh sent from the CLI that no worker took within this long is stale
 SEND_EXPIRES_SECONDS = 300.0
 
 
-def _producer_app(config: Config) -> Any:
+def producer_app(config: Config) -> Any:
+    """A Celery app that only sends (and inspects) on the configured broker; close it after."""
     from celery import Celery  # only senders pay for Celery
 
     from .broker import celery_broker_settings
@@ -59,7 +60,7 @@ def send_refresh(config: Config, names: list[str], *, force: bool, requested_at:
     """
     from kombu.exceptions import OperationalError
 
-    app = _producer_app(config)
+    app = producer_app(config)
     try:
         with app.producer_or_acquire() as producer:
             for name in names:

@@ -19,8 +19,8 @@ from string import Template
 
 from . import records
 
-__all__ = ["ACQUIRE", "CLAIM", "DUE", "EXTEND", "FAIL", "FUNCTION_LIBRARY", "PUBLISH",
-           "READ_FUNCTION", "RELEASE"]
+__all__ = ["ACQUIRE", "CLAIM", "DUE", "EXTEND", "FAIL", "FUNCTION_LIBRARY",
+           "FUNCTION_LIBRARY_NAME", "PUBLISH", "READ_FUNCTION", "RELEASE"]
 
 # shared by every script: delete KEYS[i] unless it is one of the allowed types
 _TYPES = """
@@ -204,7 +204,8 @@ return {t[1] .. '.' .. string.format('%06d', tonumber(t[2])), out}
 # other's. KEYS: token -> false, or pttl ms (13 chars) .. TIME sec (10) .. usec (6) .. value
 # (one string parses faster than an array)
 READ_FUNCTION = "token_worker_read_1"
-FUNCTION_LIBRARY = f"""#!lua name=token_worker_1
+FUNCTION_LIBRARY_NAME = "token_worker_1"
+FUNCTION_LIBRARY = f"""#!lua name={FUNCTION_LIBRARY_NAME}
 redis.register_function{{function_name='{READ_FUNCTION}', flags={{'no-writes'}},
   callback=function(keys, args)
     local v = redis.call('GET', keys[1])

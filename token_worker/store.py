@@ -39,11 +39,12 @@ from .records import StatusRecord
 from .store_claims import Claim, ClaimOps
 from .store_guard import REDIS_ERRORS, Subscription, guard_public, store_error
 from .store_read import decode_token, function_unavailable, split_read
+from .store_server import ServerFacts, ServerOps
 from .store_status import ProfileFacts, StatusOps
 from .tokens import Token, bounded_ttl
 
 __all__ = ["REJECTED_COOLDOWN_SECONDS", "Claim", "PlainCodec", "ProfileFacts", "RedisTarget",
-           "TokenCodec", "TokenStore", "client_for", "connect_redis"]
+           "ServerFacts", "TokenCodec", "TokenStore", "client_for", "connect_redis"]
 
 log = logging.getLogger("token_worker.store")
 
@@ -57,7 +58,7 @@ REJECTED_COOLDOWN_SECONDS = 10.0
 
 
 @guard_public
-class TokenStore(StatusOps, ClaimOps):
+class TokenStore(StatusOps, ClaimOps, ServerOps):
     """Token, status, schedule and lock operations for one key prefix."""
 
     def __init__(self, client: redis.Redis, prefix: str = "stitch",
