@@ -21,6 +21,7 @@ from typing import Any
 
 from token_worker.constants import KNOWN_SCOPES
 from token_worker.events import Event
+from token_worker.plan import BATCH_THREADS, batch_size
 from token_worker.store import TokenStore, connect_redis
 from token_worker.subscriber import Subscriber
 from token_worker.tokens import Token
@@ -190,11 +191,17 @@ def steady(server: RedisServer, workers: int, n: int, pool: str, concurrency: in
 
     total = lifetimes * lifetime
     after_first = [t for t in times if t >= lifetime]
+    # the cold fill ends with the n-th call (every profile's first token); the first
+    # rotations start after it
+    fill_end = times[n - 1] if len(times) >= n else total
+    after_fill = [t for t in times if t > fill_end]
     return {"calls": len(times), "mean": len(times) / total,
             "mean_after": len(after_first) / (total - lifetime),
             "max_all": max_in_window(times, 0, total),
             "max_after": max_in_window(times, lifetime, total), "failed": failed,
-            "ideal_rate": n / (lifetime - margin), "times": times}
+            "fill": fill_end, "max_after_fill": max_in_window(times, fill_end + 1e-9, total),
+            "mean_after_fill": len(after_fill) / max(total - fill_end, 1e-9),
+            "ideal_rate": n / (lifetime - margin)}
 
 
 def run(quick: bool = False, pool: str = "prefork", concurrency: int = 4) -> list[Row]:
@@ -210,9 +217,12 @@ def run(quick: bool = False, pool: str = "prefork", concurrency: int = 4) -> lis
                 NAME, f"{n:,} due at once, W={w} × -P {pool} -c {concurrency}: first call → "
                 "all published", res["from_first_call"], limit,
                 f"limit {n}×{LATENCY * 1000:.0f} ms/{w * concurrency}", "s", ratio=ratio,
-                target="≤ 1.5x", met=ratio <= 1.5 and res["done"] == n,
+                target="≤ 1.25x, tasks ≤ 1.05x refreshes",
+                met=ratio <= 1.25 and res["done"] == n and res["tasks"] <= 1.05 * n,
                 note=f"{res['done']}/{n} done, {res['calls']} calls, {res['tasks']} "
-                     f"refresh_profile tasks, peak {res['concurrent_max']} in flight; "
+                     f"refresh tasks ({res['tasks'] / max(res['done'], 1):.2f} per refresh; "
+                     f"batches of up to {batch_size(n)}, {BATCH_THREADS} at once), peak "
+                     f"{res['concurrent_max']} calls in flight; "
                      f"workers used {res['worker_cpu']:.1f} CPU-s "
                      f"({res['worker_cpu'] / max(res['done'], 1) * 1000:.1f} ms per refresh); "
                      f"+ {res['tick_wait']:.2f} s before that to the beat tick (interval "
@@ -228,8 +238,14 @@ def run(quick: bool = False, pool: str = "prefork", concurrency: int = 4) -> lis
             "calls", note=f"cold start: all {n} fetched in the first tick; {st['calls']} calls, "
                           f"{st['failed']} failed"))
         rows.append(Row(
+            NAME, "steady state from the first rotations on (after the cold fill): max "
+            "calls in any 1 s", st["max_after_fill"], st["mean_after_fill"], "mean calls/s",
+            "calls", target="≤ 1.5x", met=st["max_after_fill"] <= 1.5 * st["mean_after_fill"],
+            note=f"the cold fill (every first token) took {st['fill']:.1f} s"))
+        rows.append(Row(
             NAME, "steady state after the first lifetime: max calls in any 1 s",
-            st["max_after"], st["mean_after"], "mean calls/s", "calls",
+            st["max_after"], st["mean_after"], "mean calls/s", "calls", target="≤ 1.5x",
+            met=st["max_after"] <= 1.5 * st["mean_after"],
             note=f"ideal flat rate {st['ideal_rate']:.0f}/s = {n}/(L−M)"))
     return rows
 
