@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from token_worker.plan import MAX_BATCH, TARGET_TASKS, Send, batch_size, plan_sends
+from token_worker.constants import MAX_BATCH
+from token_worker.plan import TARGET_TASKS, Send, batch_size, plan_sends
 from token_worker.store_claims import Claim
 
 
@@ -65,8 +66,10 @@ def test_overdue_refreshes_are_sent_now_never_with_a_negative_countdown() -> Non
     assert [s.countdown for s in sends] == [0.0, 0.0]
 
 
-def test_max_batch_overrides_the_size() -> None:
-    sends = plan_sends(claims(*[1.0] * 10), now=1.0, max_batch=4)
-    assert [len(s.profiles) for s in sends] == [4, 4, 2]
-    assert [len(s.profiles) for s in plan_sends(claims(*[1.0] * 3), now=1.0,
-                                                max_batch=0)] == [1, 1, 1]
+def test_max_batch_caps_the_size_and_one_sends_no_batch() -> None:
+    many = claims(*[1.0] * 200)  # batch_size(200) is 4
+    assert [len(s.profiles) for s in plan_sends(many, now=1.0, max_batch=3)] == \
+        [3] * 66 + [2]
+    assert {len(s.profiles) for s in plan_sends(many, now=1.0, max_batch=1)} == {1}
+    assert {len(s.profiles) for s in plan_sends(many, now=1.0, max_batch=0)} == {1}
+    assert {len(s.profiles) for s in plan_sends(many, now=1.0)} == {4}

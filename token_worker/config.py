@@ -35,6 +35,7 @@ from .constants import (
     ENV_CONFIG,
     ENV_REDIS_URL,
     KNOWN_SCOPES,
+    MAX_BATCH,
     MAX_MARGIN,
 )
 from .exceptions import ConfigError
@@ -203,6 +204,9 @@ class RefreshSettings(_Section):
     interval_seconds: float = _bounded(30.0, ge=0.1, le=3600)
     # retries of retryable errors within one attempt (so one attempt = retries + 1 calls)
     retries: int = Field(default=2, ge=0, le=10, strict=True)
+    # most profiles per refresh_batch task when many are due together; 1: never batch
+    # (while workers older than 0.2, which do not know the batch task, share the queue)
+    max_batch: int = Field(default=MAX_BATCH, ge=1, le=100, strict=True)
 
     def lock_ttl_seconds(self, timeout_seconds: float) -> float:
         """The lock outlives one whole attempt: every call timing out plus backoff."""

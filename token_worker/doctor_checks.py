@@ -286,8 +286,9 @@ def profile_check(row: ProfileStatus, *, interval: float, lock_ttl: float,
     if claim_lapsed is not None:
         return Check(name, Level.WARN, f"{row.state}, {left}, but a refresh beat sent never "
                      f"ran (its claim lapsed {_ago(claim_lapsed)} ago): a worker died holding "
-                     "it, or one of an older version took a refresh_batch it does not know", "beat re-sends it alone at the next tick; upgrade every "
-                     "worker on the queue (see the runbook's Lost refresh message)")
+                     "it, or one of an older version took a refresh_batch it does not know",
+                     "beat re-sends it alone at the next tick; upgrade every worker on the "
+                     "queue (see the runbook's Lost refresh message)")
     if row.consecutive_failures:
         error = f"; last error: {row.last_error[:160]}" if row.last_error else ""
         return Check(name, Level.WARN, f"{row.state}, {left}, {row.consecutive_failures} "

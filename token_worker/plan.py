@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .constants import MAX_BATCH
 from .store_claims import Claim
 
 __all__ = ["BATCH_THREADS", "MAX_BATCH", "TARGET_TASKS", "Send", "batch_size", "plan_sends"]
@@ -21,7 +22,6 @@ __all__ = ["BATCH_THREADS", "MAX_BATCH", "TARGET_TASKS", "Send", "batch_size", "
 # a window of due refreshes is split into about this many tasks before batching: enough
 # to keep every worker process of a large fleet busy
 TARGET_TASKS = 64
-MAX_BATCH = 25
 # refreshes one batch task runs at once (each under its own lock)
 BATCH_THREADS = 4
 # refreshes due within this long of each other may share a task (it runs at the last
@@ -44,12 +44,13 @@ def batch_size(backlog: int) -> int:
 
 
 def plan_sends(claims: Iterable[Claim], now: float, *, window: float = WINDOW_SECONDS,
-               max_batch: int | None = None) -> list[Send]:
+               max_batch: int = MAX_BATCH) -> list[Send]:
     """The messages for ``claims``, made at ``now`` (fleet clock).
 
     A claim that lapsed unreleased (its message was lost: a worker killed, or one of an
     older version that does not know the batch task) goes out alone, as the one-profile
-    task every version takes. ``max_batch`` overrides :func:`batch_size` (benchmarks).
+    task every version takes. ``max_batch`` caps :func:`batch_size` (``refresh.max_batch``;
+    1 sends no batch at all).
     """
     sends: list[Send] = []
     pending: list[Claim] = []
@@ -69,8 +70,8 @@ def plan_sends(claims: Iterable[Claim], now: float, *, window: float = WINDOW_SE
     return sends
 
 
-def _split(group: list[Claim], now: float, max_batch: int | None) -> list[Send]:
-    size = batch_size(len(group)) if max_batch is None else max(1, max_batch)
+def _split(group: list[Claim], now: float, max_batch: int) -> list[Send]:
+    size = max(1, min(max_batch, batch_size(len(group))))
     if size == 1:
         return [Send((c.profile,), max(0.0, c.runs_at - now)) for c in group]
     runs_at = group[-1].runs_at  # the latest in the window: no refresh runs before it is due

@@ -22,10 +22,10 @@ from kombu.exceptions import OperationalError
 
 from .batch import refresh_batch
 from .config import Config, load_config
-from .constants import BATCH_TASK, DUE_TASK, PROFILE_TASK
+from .constants import BATCH_TASK, DUE_TASK, MAX_BATCH, PROFILE_TASK
 from .exceptions import ConfigError, StoreError, TokenUnavailable
 from .outcomes import RefreshResult
-from .plan import BATCH_THREADS, MAX_BATCH, plan_sends
+from .plan import BATCH_THREADS, plan_sends
 from .reader import TokenReader
 from .refresh import Outcome, Refresher
 from .tokens import Token
@@ -172,7 +172,7 @@ def _refresh_due(runtime: _Runtime, app: Any, queue: str, expires: float) -> Non
         return
     if not claims:
         return
-    sends = plan_sends(claims, now)
+    sends = plan_sends(claims, now, max_batch=runtime.config.refresh.max_batch)
     names = [c.profile for c in claims]
     lapsed = [c.profile for c in claims if c.lapsed]
     log.info("refresh_due claimed=%d tasks=%d lapsed=%d profiles=%s%s", len(claims),
