@@ -85,7 +85,7 @@ class _Published:
 
 
 def burst(server: RedisServer, workers: int, n: int, pool: str, concurrency: int,
-          interval: float) -> dict[str, Any]:
+          interval: float, max_batch: int | None = None) -> dict[str, Any]:
     tmp = tempdir("tw-bench-burst-")
     admin = server.client()
     admin.flushall()
@@ -102,7 +102,8 @@ def burst(server: RedisServer, workers: int, n: int, pool: str, concurrency: int
         config = write_config(tmp / "token_worker.toml", redis_url=server.url,
                               broker_url=server.url.rsplit("/", 1)[0] + "/1",
                               token_url=emu.url, profiles=names, margin=600,
-                              interval=interval)
+                              interval=interval,
+                              refresh=None if max_batch is None else {"max_batch": max_batch})
         env = {"STITCH_CLIENT_SECRET": SECRET, "TOKEN_WORKER_CONFIG": str(config)}
         for i in range(workers):
             procs.append(bench_worker("token_worker.celery_app", "tokens", env, tmp, f"tw{i}",
@@ -204,13 +205,14 @@ def steady(server: RedisServer, workers: int, n: int, pool: str, concurrency: in
             "ideal_rate": n / (lifetime - margin)}
 
 
-def run(quick: bool = False, pool: str = "prefork", concurrency: int = 4) -> list[Row]:
+def run(quick: bool = False, pool: str = "prefork", concurrency: int = 4,
+        max_batch: int | None = None) -> list[Row]:
     n = 300 if quick else 1000
     interval = 0.5
     rows: list[Row] = []
     with redis_server() as server:
         for w in ((1, 2) if quick else (1, 2, 4)):
-            res = burst(server, w, n, pool, concurrency, interval)
+            res = burst(server, w, n, pool, concurrency, interval, max_batch)
             limit = n * LATENCY / (w * concurrency)
             ratio = res["from_first_call"] / limit
             rows.append(Row(
@@ -221,7 +223,8 @@ def run(quick: bool = False, pool: str = "prefork", concurrency: int = 4) -> lis
                 met=ratio <= 1.25 and res["done"] == n and res["tasks"] <= 1.05 * n,
                 note=f"{res['done']}/{n} done, {res['calls']} calls, {res['tasks']} "
                      f"refresh tasks ({res['tasks'] / max(res['done'], 1):.2f} per refresh; "
-                     f"batches of up to {batch_size(n)}, {BATCH_THREADS} at once), peak "
+                     f"batches of up to {min(batch_size(n), max_batch or batch_size(n))}, "
+                     f"{BATCH_THREADS} at once), peak "
                      f"{res['concurrent_max']} calls in flight; "
                      f"workers used {res['worker_cpu']:.1f} CPU-s "
                      f"({res['worker_cpu'] / max(res['done'], 1) * 1000:.1f} ms per refresh); "
@@ -255,8 +258,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--pool", default="prefork", choices=["threads", "prefork"])
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--max-batch", type=int, default=None,
+                    help="refresh.max_batch for the burst (1: no batches, as in 0.1)")
     args = ap.parse_args()
-    print_rows(run(args.quick, args.pool, args.concurrency))
+    print_rows(run(args.quick, args.pool, args.concurrency, args.max_batch))
 
 
 if __name__ == "__main__":
