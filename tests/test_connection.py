@@ -144,3 +144,12 @@ def test_wait_replicas_acknowledges_each_publish(caplog: pytest.LogCaptureFixtur
         assert [r for r in caplog.records if "acknowledged by 1 of 2" in r.getMessage()]
         store.close()
         more.close()
+
+
+def test_a_targets_repr_never_shows_a_password() -> None:
+    target = RedisTarget("redis://reader:pa%2Fss-Zq8@127.0.0.1:6379/0",
+                         sentinel_password="s3cret-sentinel")
+    shown = f"{target!r} {target}"
+    assert "pa%2Fss-Zq8" not in shown and "pa/ss" not in shown
+    assert "s3cret-sentinel" not in shown
+    assert "127.0.0.1:6379" in shown

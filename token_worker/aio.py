@@ -7,8 +7,8 @@ the reads differ, awaited here on ``redis.asyncio`` (:mod:`token_worker.store_as
 
 One reader belongs to one event loop and one process: its connections do. It binds to
 the loop it is first used in and refuses another loop, or a forked child, with a
-``RuntimeError`` saying what to do. Importing this module loads no Celery, requests or
-pydantic (``from_config`` loads the config layer).
+``RuntimeError`` saying what to do. Importing this module, and ``from_config``, load no
+Celery, requests or pydantic (:mod:`token_worker.reader_config`).
 """
 
 from __future__ import annotations

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,18 +26,19 @@ from pydantic import (
 )
 
 from .checks import config_warnings, credential_problems, key_text, raw_problems
-from .constants import (
-    DEFAULT_PATH,
-    DEFAULT_TOKEN_URL,
-    ENV_BROKER_URL,
-    ENV_CONFIG,
-    ENV_REDIS_URL,
-    KNOWN_SCOPES,
-    MAX_BATCH,
-    MAX_MARGIN,
-)
+from .config_file import name_sources, read_config_file, resolve_path, with_env_overrides
+from .constants import DEFAULT_TOKEN_URL, KNOWN_SCOPES
 from .exceptions import ConfigError
-from .urls import broker_url_problem, redact_url, redis_url_problem, token_url_problem
+from .settings_rules import (
+    DEFAULT_PREFIX,
+    DEFAULT_REDIS_URL,
+    NUMBERS,
+    read_encryption_keys,
+    read_sentinel_password,
+    redis_value,
+    reference_problem,
+)
+from .urls import broker_url_problem, redact_url, token_url_problem
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
@@ -57,29 +56,24 @@ __all__ = [
 
 log = logging.getLogger("token_worker.config")
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
 
-def _bounded(default: float | None, *, gt: float | None = None, ge: float | None = None,
-             le: float) -> Any:
-    """A float setting: finite, within bounds, and a number (not a bool or a string)."""
-    return Field(default=default, allow_inf_nan=False, strict=True, gt=gt, ge=ge, le=le)
+def _number(section: str, *names: str) -> Any:
+    """A validator for these number fields: the shared rule (settings_rules.NUMBERS)."""
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if value is None and section == "profiles":
+            return None  # a profile without its own margin takes refresh's
+        return NUMBERS[f"{section}.{info.field_name}"].value(value)
+    return field_validator(*names, mode="before")(check)
+
+
+def _default(key: str) -> Any:
+    return NUMBERS[key].default
 
 
 def _reference(value: str | None, info: ValidationInfo) -> str | None:
-    """A ``*_env`` / ``*_file`` value must name a credential, never be one.
-
-    No message quotes these values; refusing what cannot be a name or a path still tells
-    the operator early that a credential was pasted in the wrong place.
-    """
-    if not value:
-        return value
-    if (info.field_name or "").endswith("_env"):
-        if not _ENV_NAME.fullmatch(value):
-            raise ValueError("must be the name of an environment variable (letters, digits, "
-                             "_), not the credential itself (value not shown)")
-    elif "\n" in value or "-----BEGIN" in value:
-        raise ValueError("must be a file path, not the credential itself (value not shown)")
+    """A ``*_env`` / ``*_file`` value must name a credential, never be one."""
+    _check(reference_problem(info.field_name or "", value) if value else None)
     return value
 
 
@@ -109,31 +103,29 @@ class _Section(BaseModel):
 
 
 class RedisSettings(_Section):
-    url: str = "redis://127.0.0.1:6379/0"
-    prefix: str = Field(default="stitch", pattern=r"^[A-Za-z0-9_.-]+$")
+    """``[redis]``: every key's rule is :func:`~token_worker.settings_rules.redis_value`,
+    the one ``TokenReader.from_config()`` applies too."""
+
+    url: str = DEFAULT_REDIS_URL
+    prefix: str = DEFAULT_PREFIX
     # TLS for rediss:// URLs
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
-    socket_timeout_seconds: float = _bounded(5.0, gt=0, le=300)
+    socket_timeout_seconds: float = _default("redis.socket_timeout_seconds")
     # encryption at rest: "kid:base64key[,kid:base64key...]", first one encrypts
     encryption_keys_env: str | None = None
     encryption_keys_file: str | None = None
     # redis+sentinel:// URLs: Sentinel's own password (the URL's is the data nodes')
     sentinel_password_env: str | None = None
     # each publish waits for this many replicas to acknowledge it (WAIT), up to the timeout
-    wait_replicas: int = Field(default=0, ge=0, le=16, strict=True)
-    wait_timeout_ms: int = Field(default=100, ge=1, le=10_000, strict=True)
+    wait_replicas: int = _default("redis.wait_replicas")
+    wait_timeout_ms: int = _default("redis.wait_timeout_ms")
 
-    refuse_pasted_credentials = field_validator(
-        "tls_key_file", "encryption_keys_env", "encryption_keys_file",
-        "sentinel_password_env")(_reference)
-
-    @field_validator("url")
+    @field_validator("*", mode="before")
     @classmethod
-    def _usable_url(cls, url: str) -> str:
-        _check(redis_url_problem(url))
-        return url
+    def _shared_rules(cls, value: Any, info: ValidationInfo) -> Any:
+        return redis_value(info.field_name or "", value)
 
     @property
     def sentinel_password(self) -> str | None:
@@ -142,13 +134,7 @@ class RedisSettings(_Section):
         Raises:
             ConfigError: the variable is named but unset or empty.
         """
-        if not self.sentinel_password_env:
-            return None
-        value = os.environ.get(self.sentinel_password_env, "")
-        if not value:
-            raise ConfigError(["redis.sentinel_password_env: the environment variable it "
-                               "names is not set or empty"])
-        return value
+        return read_sentinel_password(self.sentinel_password_env)
 
     def read_encryption_keys(self) -> str | None:
         """The key list, read now (so a rotated file is picked up), or None if not set.
@@ -156,19 +142,7 @@ class RedisSettings(_Section):
         Raises:
             ConfigError: the variable is unset or the file unreadable.
         """
-        if self.encryption_keys_env:
-            value = os.environ.get(self.encryption_keys_env, "").strip()
-            if not value:
-                raise ConfigError(["redis.encryption_keys_env: the environment variable it "
-                                   "names is not set or empty"])
-            return value
-        if self.encryption_keys_file:
-            try:
-                return Path(self.encryption_keys_file).read_text().strip()
-            except OSError as exc:
-                raise ConfigError([f"redis.encryption_keys_file: file cannot be read "
-                                   f"({exc.strerror or type(exc).__name__})"]) from None
-        return None
+        return read_encryption_keys(self.encryption_keys_env, self.encryption_keys_file)
 
 
 class CelerySettings(_Section):
@@ -186,7 +160,9 @@ class CelerySettings(_Section):
 class StitchSettings(_Section):
     token_url: str = DEFAULT_TOKEN_URL
     audience: str | None = None  # default: token_url
-    timeout_seconds: float = _bounded(10.0, gt=0, le=300)
+    timeout_seconds: float = _default("stitch.timeout_seconds")
+
+    numbers = _number("stitch", "timeout_seconds")
 
     @field_validator("token_url")
     @classmethod
@@ -200,13 +176,14 @@ class StitchSettings(_Section):
 
 
 class RefreshSettings(_Section):
-    margin_seconds: float = _bounded(600.0, ge=0, le=MAX_MARGIN)
-    interval_seconds: float = _bounded(30.0, ge=0.1, le=3600)
-    # retries of retryable errors within one attempt (so one attempt = retries + 1 calls)
-    retries: int = Field(default=2, ge=0, le=10, strict=True)
+    margin_seconds: float = _default("refresh.margin_seconds")
+    interval_seconds: float = _default("refresh.interval_seconds")
+    retries: int = _default("refresh.retries")
     # most profiles per refresh_batch task when many are due together; 1: never batch
     # (while workers older than 0.2, which do not know the batch task, share the queue)
-    max_batch: int = Field(default=MAX_BATCH, ge=1, le=100, strict=True)
+    max_batch: int = _default("refresh.max_batch")
+
+    numbers = _number("refresh", "margin_seconds", "interval_seconds", "retries", "max_batch")
 
     def lock_ttl_seconds(self, timeout_seconds: float) -> float:
         """The lock outlives one whole attempt: every call timing out plus backoff."""
@@ -216,8 +193,10 @@ class RefreshSettings(_Section):
 
 class MetricsSettings(_Section):
     # the worker's own /metrics endpoint (needs the metrics extra); 0 disables it
-    port: int = Field(default=0, ge=0, le=65535, strict=True)
+    port: int = _default("metrics.port")
     host: str = "127.0.0.1"
+
+    numbers = _number("metrics", "port")
 
 
 class ClientSettings(_Section):
@@ -262,7 +241,9 @@ class ClientSettings(_Section):
 class ProfileSettings(_Section):
     client: str | None = None
     scopes: list[str] = Field(min_length=1)
-    margin_seconds: float | None = _bounded(None, ge=0, le=MAX_MARGIN)
+    margin_seconds: float | None = None
+
+    numbers = _number("profiles", "margin_seconds")
 
 
 class Config(_Section):
@@ -297,11 +278,6 @@ class Config(_Section):
         return self.refresh.lock_ttl_seconds(self.stitch.timeout_seconds)
 
 
-def resolve_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """``--config``, else ``$TOKEN_WORKER_CONFIG``, else ``./token_worker.toml``."""
-    return Path(path or os.environ.get(ENV_CONFIG) or DEFAULT_PATH)
-
-
 def _message(err: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -331,23 +307,13 @@ def parse_config(data: dict[str, Any], *, path: str = "") -> Config:
     Raises:
         ConfigError: listing every problem found, one per line.
     """
-    data = dict(data)
-    overridden = {}
-    for env, section, key in ((ENV_REDIS_URL, "redis", "url"),
-                              (ENV_BROKER_URL, "celery", "broker_url")):
-        if os.environ.get(env):
-            sect = data.get(section)
-            data[section] = {**(sect if isinstance(sect, dict) else {}), key: os.environ[env]}
-            overridden[f"{section}.{key}:"] = f"{section}.{key} (from ${env}):"
+    data, overridden = with_env_overrides(data)
     problems = raw_problems(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems = _structure_problems(exc) + problems
-        for plain, named in overridden.items():  # say where the value really came from
-            problems = [named + p.removeprefix(plain) if p.startswith(plain) else p
-                        for p in problems]
-        raise ConfigError(problems) from None
+        raise ConfigError(name_sources(_structure_problems(exc) + problems,
+                                       overridden)) from None
     if problems:
         raise ConfigError(problems)
     for name, client in config.clients.items():
@@ -362,16 +328,5 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     Raises:
         ConfigError: the file is missing, is not TOML, or is invalid.
     """
-    resolved = resolve_path(path)
-    try:
-        raw = resolved.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError([f"{resolved}: config file not found (use --config or "
-                           f"{ENV_CONFIG})"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{resolved}: cannot read ({exc.strerror})"]) from None
-    try:
-        data = tomllib.loads(raw.decode())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{resolved}: not valid TOML ({exc})"]) from None
+    resolved, data = read_config_file(path)
     return parse_config(data, path=str(resolved))

@@ -23,7 +23,7 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from .exceptions import ConfigError, StoreUnavailable
 from .topology import Topology, TopologyError, parse_topology
-from .urls import redis_url_problem
+from .urls import redact_url, redis_url_problem
 
 __all__ = ["RedisSettingsLike", "RedisTarget", "async_client_for", "client_for", "connect_redis",
            "describe_redis", "is_cluster"]
@@ -63,6 +63,11 @@ class RedisTarget:
     sentinel_password: str | None = field(default=None, repr=False)
     wait_replicas: int = 0
     wait_timeout_ms: int = 100
+
+    def __repr__(self) -> str:
+        # the URL may carry a password: never show it (a repr reaches logs and tracebacks)
+        return (f"RedisTarget(url={redact_url(self.url)!r}, prefix={self.prefix!r}, "
+                f"wait_replicas={self.wait_replicas!r})")
 
 
 def client_for(settings: RedisSettingsLike) -> redis.Redis:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .codec import TokenCodec
     from .config import Config
 
-__all__ = ["AesGcmCodec", "codec_for", "generate_key", "parse_keys"]
+__all__ = ["AesGcmCodec", "codec_for", "codec_from", "generate_key", "parse_keys"]
 
 _PREFIX = "enc:v1:"
 _KID = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -93,5 +93,9 @@ class AesGcmCodec:
 
 def codec_for(config: Config) -> TokenCodec | None:
     """The codec the config asks for, or None (plain JSON)."""
-    spec = config.redis.read_encryption_keys()
+    return codec_from(config.redis.read_encryption_keys())
+
+
+def codec_from(spec: str | None) -> TokenCodec | None:
+    """The codec for a key list (as :func:`parse_keys` reads it), or None (plain JSON)."""
     return AesGcmCodec(parse_keys(spec)) if spec else None

@@ -124,7 +124,12 @@ class TokenReader:
         """A reader with the worker's Redis settings; needs no credential on this host.
 
         Each profile's ``min_ttl`` comes from the config (:func:`gapless_min_ttl`), so
-        rotations that succeed leave no gap; an explicit ``min_ttl=`` applies to all.
+        rotations that succeed leave no gap; an explicit ``min_ttl=`` applies to all. The
+        file is read without pydantic, by the rules ``config check`` applies to the keys
+        a reader uses (:mod:`token_worker.reader_config`).
+
+        Raises:
+            ConfigError: the file is missing or invalid, naming the key.
         """
         from .reader_config import reader_options
 
