@@ -93,3 +93,18 @@ def test_first_tokens_of_a_batch_come_due_spread_over_the_lead(
     phases = sorted(((t.refresh_at % span) / span) for t in tokens if t)
     # twelve profiles, twelve places in the rotation: one refresh in each twelfth
     assert [int(p * 12) for p in phases] == list(range(12))
+
+
+def test_a_refresh_under_way_holds_its_claim_only_as_long_as_its_lock(
+        fleet: Refresher, emulator: Emulator) -> None:
+    import threading
+
+    emulator.set_latency(0.6)
+    fleet.claim_due(horizon=1.0, hold=600.0)  # a message that may wait ten minutes
+    worker = threading.Thread(target=refresh_batch, args=(fleet, ["m00"]))
+    worker.start()
+    time.sleep(0.3)  # mid-call: a worker killed now must not block it for ten minutes
+    until = fleet.store.claims()["m00"] - fleet.store.time()
+    worker.join()
+    assert 0 < until <= fleet.config.lock_ttl_seconds + 1.0
+    assert "m00" not in fleet.store.claims()

@@ -101,3 +101,13 @@ def test_other_configs_profiles_are_never_claimed(store: TokenStore) -> None:
     # a worker of another config: its profiles are not ours to send
     assert set(claim(store, ["payments"])) == {"payments"}
     assert "refunds" not in store.claims()
+
+
+def test_a_running_refresh_shortens_its_claim_to_the_lock_and_makes_none(
+        store: TokenStore) -> None:
+    claim(store, ["payments"], hold=600.0)
+    now = store.time()
+    store.hold_claim("payments", now + 5.0)
+    assert abs(store.claims()["payments"] - (now + 5.0)) < 1e-3
+    store.hold_claim("refunds", now + 5.0)  # never claimed (a CLI or listener refresh)
+    assert "refunds" not in store.claims()

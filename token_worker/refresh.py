@@ -160,8 +160,8 @@ class Refresher:
         """
         with self.store.batch() as batch:  # the bookkeeping writes, in one round trip
             result = self._attempt(profile, force, requested_at=requested_at,
-                                           wait_seconds=wait_seconds, scheduled=scheduled,
-                                           batch=batch)
+                                   wait_seconds=wait_seconds, scheduled=scheduled,
+                                   batch=batch, claimed=claimed)
             if result.outcome in (Outcome.NOT_DUE, Outcome.DONE_ELSEWHERE):
                 # refreshed and failed are recorded with their details where they happen
                 self.store.record_outcome(profile, str(result.outcome),
@@ -174,10 +174,16 @@ class Refresher:
     def _attempt(
         self, profile: str, force: bool = False, *, requested_at: float | None = None,
         wait_seconds: float | None = None, scheduled: bool = False, batch: Any = None,
+        claimed: bool = False,
     ) -> RefreshResult:
         """The refresh itself; :meth:`refresh_profile` wraps it to record outcomes."""
         self._check_profile(profile)
         now = self.store.time()
+        ttl = self.config.lock_ttl_seconds
+        if claimed:
+            # lapses just after the lock would: a worker killed mid-refresh delays the
+            # next one by the lock's TTL, as before claims, not by the message's life
+            self.store.hold_claim(profile, now + ttl + 1.0)
         if requested_at is None:
             requested_at = now
         if not force:
@@ -188,7 +194,6 @@ class Refresher:
                     # token already replaced): put it back, or every tick asks again
                     self.store.schedule_no_earlier(profile, current.refresh_at, pipeline=batch)
                 return RefreshResult(profile, Outcome.NOT_DUE, reason=Reason.TOKEN_VALID)
-        ttl = self.config.lock_ttl_seconds
         deadline = self.clock.monotonic() + (ttl if wait_seconds is None else wait_seconds)
         while True:
             owner = self.store.acquire_lock(profile, ttl)

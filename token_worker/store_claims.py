@@ -58,6 +58,12 @@ class ClaimOps:
                   for i in range(0, len(flat), 3)]
         return float(now_s), claims
 
+    def hold_claim(self, profile: str, until: float) -> None:
+        """The claimed refresh is running: its claim (if there still is one) now lapses at
+        ``until`` (fleet clock), with the refresh lock, so a worker killed mid-refresh
+        delays the next one by the lock's TTL, not by the whole message's life."""
+        self.redis.zadd(self.keys.claims(), {profile: until}, xx=True)
+
     def release_claim(self, profile: str, *, pipeline: Any = None) -> None:
         """The claimed refresh ran: the next due time may be claimed again."""
         (pipeline or self.redis).zrem(self.keys.claims(), profile)
