@@ -111,3 +111,12 @@ def test_a_running_refresh_shortens_its_claim_to_the_lock_and_makes_none(
     assert abs(store.claims()["payments"] - (now + 5.0)) < 1e-3
     store.hold_claim("refunds", now + 5.0)  # never claimed (a CLI or listener refresh)
     assert "refunds" not in store.claims()
+
+
+def test_a_claim_no_beat_could_have_made_does_not_block_the_profile(
+        store: TokenStore, rds: redis.Redis) -> None:
+    for until in ("+inf", str(store.time() + 1e9)):
+        rds.zadd("stitch:claims", {"payments": until})
+        got = claim(store, ["payments"], horizon=5.0, hold=60.0)
+        assert got["payments"][1] is True  # treated as lapsed: sent again, alone
+        store.release_claim("payments")

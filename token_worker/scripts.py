@@ -187,6 +187,9 @@ for i = 1, n do
   if at[i] ~= nil and at[i] <= now + horizon then
     local name = ARGV[i + 3]
     local held = tonumber(redis.call('ZSCORE', claims, name) or '')
+    -- a claim further out than any this script makes (+inf written by hand) is void: it
+    -- must not keep the profile from ever being sent
+    if held ~= nil and held > now + horizon + hold then held = now end
     if held == nil or held <= now then
       local run = math.max(at[i], now)
       redis.call('ZADD', claims, run + hold, name)
