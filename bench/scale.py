@@ -17,11 +17,9 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 from typing import Any
 
-from token_worker import TokenReader, TokenUnavailable
 from token_worker.config import parse_config
 from token_worker.events import Event
 from token_worker.store import TokenStore, connect_redis
@@ -29,6 +27,7 @@ from token_worker.subscriber import Subscriber
 from token_worker.tokens import PHASE_FLOOR
 
 from .common import (
+    Reads,
     RedisServer,
     Row,
     Worker,
@@ -104,22 +103,6 @@ def rotating_fleet(server: RedisServer, n: int, lifetime: float, margin: float,
     emu.set_latency(0.02)
     names = _names(n)
     worker: Worker | None = None
-    stop = threading.Event()
-    seen = {"reads": 0, "misses": 0}
-
-    def read() -> None:
-        reader = TokenReader(server.url, PREFIX, min_ttl=0, cache=False)
-        order = list(names)
-        rng = random.Random(1)
-        while not stop.is_set():
-            try:
-                reader.get(rng.choice(order))
-                seen["reads"] += 1
-            except TokenUnavailable:
-                seen["misses"] += 1
-            time.sleep(0.002)
-        reader.close()
-
     published: list[tuple[float, str]] = []
 
     def heard(event: Event) -> None:
@@ -142,12 +125,10 @@ def rotating_fleet(server: RedisServer, n: int, lifetime: float, margin: float,
             time.sleep(0.5)
         fill_end = time.monotonic()
         fill = fill_end - emu.call_log[0][0]
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        reads = Reads(server.url, PREFIX, list(names), every=0.002)
         lead = lifetime - margin
         time.sleep(rotations * lead)
-        stop.set()
-        reader.join(10)
+        read_count, misses = reads.stop()
         end = time.monotonic()
         log = [c for c in emu.call_log if fill_end <= c[0] < end]
         store.redis.close()
@@ -175,7 +156,7 @@ def rotating_fleet(server: RedisServer, n: int, lifetime: float, margin: float,
     return {"fill": fill, "calls": len(log), "window": window,
             "busiest": max(per_second.values(), default=0), "mean": len(log) / window,
             "per_profile_lifetime": len(log) / n / (window / lifetime),
-            "ideal": lifetime / lead, "reads": seen["reads"], "misses": seen["misses"],
+            "ideal": lifetime / lead, "reads": read_count, "misses": misses,
             "per_cycle": len(log) / max(in_window, 1), "doubled": doubled}
 
 
