@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from . import due_checks, fleet, footprint, reader_latency, throughput
+from . import due_checks, fleet, footprint, reader_latency, scale, throughput
 from .common import REPO, Row, machine, table
 
 BENCHES: dict[str, Callable[[bool], list[Row]]] = {
@@ -24,6 +24,7 @@ BENCHES: dict[str, Callable[[bool], list[Row]]] = {
     "footprint": footprint.run,
     "fleet": fleet.run,
     "throughput": throughput.run,
+    "scale": scale.run,
 }
 BEGIN, END = "<!-- bench:results -->", "<!-- /bench:results -->"
 COMMAND = ".venv/bin/python -m bench   # or: bench/run"

@@ -235,3 +235,39 @@ def run_alone(run: Callable[[bool], Sequence[Row]], doc: str | None) -> None:
     ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     print_rows(run(ap.parse_args().quick))
+
+
+class Reads:
+    """A reader thread reading random profiles (no cache) until stopped, as a payment task
+    would: every ``TokenUnavailable`` is a miss."""
+
+    def __init__(self, url: str, prefix: str, names: Sequence[str], every: float = 0.01
+                 ) -> None:
+        import random
+        import threading
+
+        from token_worker import TokenReader, TokenUnavailable
+
+        self.reads = self.misses = 0
+        self._stop = threading.Event()
+        reader = TokenReader(url, prefix, min_ttl=0, cache=False)
+        rng = random.Random(0)
+        order = list(names)
+
+        def run() -> None:
+            while not self._stop.wait(every):
+                try:
+                    reader.get(rng.choice(order))
+                    self.reads += 1
+                except TokenUnavailable:
+                    self.misses += 1
+            reader.close()
+
+        self._thread = threading.Thread(target=run, name="bench-reads", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> tuple[int, int]:
+        """(reads, misses)."""
+        self._stop.set()
+        self._thread.join(10)
+        return self.reads, self.misses

@@ -69,11 +69,12 @@ class RecordingEmulator(Emulator):
 
 def write_config(path: Path, *, redis_url: str, broker_url: str, token_url: str,
                  profiles: dict[str, str], margin: float, interval: float,
-                 prefix: str = PREFIX, timeout: float = 5) -> Path:
+                 prefix: str = PREFIX, timeout: float = 5,
+                 refresh: dict[str, Any] | None = None) -> Path:
     """The benchmark config: one secret client, one scope per profile, queue ``tokens``."""
     return write_base_config(path, redis_url=redis_url, broker_url=broker_url, queue="tokens",
                           token_url=token_url, prefix=prefix, timeout=timeout, margin=margin,
-                          interval=interval, client_id=CLIENT_ID,
+                          interval=interval, client_id=CLIENT_ID, refresh=refresh,
                           profiles={name: [scope] for name, scope in profiles.items()})
 
 

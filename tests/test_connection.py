@@ -74,6 +74,11 @@ def test_every_store_operation_works_on_a_cluster() -> None:
         assert store.publish("p", token) == 1
         assert store.get_token("p") == token and store._fcall_after == 0.0
         assert store.due(["p", "q"])[1] == ["q"]
+        _, claims = store.claim_due(["p", "q"], horizon=1.0, hold=30.0, cooldown=10.0)
+        assert [c.profile for c in claims] == ["q"] and list(store.claims()) == ["q"]
+        with store.batch() as b:
+            store.release_claim("q", pipeline=b)
+        assert store.claims() == {}
         now, facts = store.facts(["p", "q"], locks=True)
         assert facts[0].token_ttl is not None and facts[1].token_ttl is None
         assert abs(now - store.time()) < 5

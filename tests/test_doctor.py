@@ -285,6 +285,15 @@ def test_profile_state_and_schedule_disagreeing_are_named(
     overdue = profile("payments")
     assert overdue.level is Level.WARN and "due 1h00m ago and not attempted" in overdue.message
 
+    rds.zadd(store.keys.schedule(), {"payments": store.time() + 600})
+    # a claim beat made that its task never released, long lapsed: the message was lost
+    rds.zadd(store.keys.claims(), {"payments": store.time() - 90})
+    lost = profile("payments")
+    assert lost.level is Level.WARN and "a refresh beat sent never ran" in lost.message
+    assert "claim lapsed 1m30s ago" in lost.message and "Lost refresh message" in lost.advice
+    rds.zadd(store.keys.claims(), {"payments": store.time() + 60})  # a live claim is normal
+    assert profile("payments").level is Level.OK
+
     rds.set(store.keys.lock("refunds"), "someone")  # a lock with no expiry
     assert "lock has no expiry" in profile("refunds").message
     rds.delete(store.keys.lock("refunds"))

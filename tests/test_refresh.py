@@ -80,10 +80,19 @@ def test_per_profile_margin_overrides_the_default(tmp_path: Path, redis_url: str
         refresher.refresh_profile("refunds")
         token = refresher.store.get_token("refunds")
         assert token is not None
-        # margin 3599 of 3600: due after about one second (minus up to 0.1s jitter)
-        assert 0.8 <= token.refresh_at - token.issued_at <= 1.0
+        # margin 3599 of 3600: a lead of one second; a first token takes its profile's
+        # phase somewhere within the lead
+        assert 0 <= token.refresh_at - token.issued_at <= 1.0
         payments = refresher.store.get_token("payments")
-        assert payments is not None and payments.refresh_at - payments.issued_at > 3500
+        # margin 10: a lead of 3590 s
+        assert payments is not None and 0 <= payments.refresh_at - payments.issued_at < 3590
+        # the rotation after it keeps to the margin itself: due after one second, minus
+        # at most 2% jitter
+        time.sleep(max(0.0, token.refresh_at - refresher.store.time()) + 0.05)
+        assert refresher.refresh_profile("refunds").outcome is Outcome.REFRESHED
+        rotated = refresher.store.get_token("refunds")
+        assert rotated is not None
+        assert 0.97 <= rotated.refresh_at - rotated.issued_at <= 1.0
     finally:
         refresher.close()
 
@@ -535,11 +544,11 @@ def test_store_is_the_one_passed_in(config: Config, redis_url: str) -> None:
 
 
 def test_lock_is_kept_while_its_holder_works(refresher: Refresher, rds: redis.Redis) -> None:
-    from token_worker.refresh import _LockKeeper
+    from token_worker.lock_keeper import LockKeeper
 
     owner = refresher.store.acquire_lock("payments", 0.6)
     assert owner is not None
-    keeper = _LockKeeper(refresher.store, "payments", owner, 0.6)
+    keeper = LockKeeper(refresher.store, "payments", owner, 0.6)
     try:
         time.sleep(1.5)  # well past the TTL it was taken with
         assert rds.get("stitch:lock:payments") == owner

@@ -179,8 +179,11 @@ class RefreshSettings(_Section):
     margin_seconds: float = _default("refresh.margin_seconds")
     interval_seconds: float = _default("refresh.interval_seconds")
     retries: int = _default("refresh.retries")
+    # most profiles per refresh_batch task when many are due together; 1: never batch
+    # (while workers older than 0.2, which do not know the batch task, share the queue)
+    max_batch: int = _default("refresh.max_batch")
 
-    numbers = _number("refresh", "margin_seconds", "interval_seconds", "retries")
+    numbers = _number("refresh", "margin_seconds", "interval_seconds", "retries", "max_batch")
 
     def lock_ttl_seconds(self, timeout_seconds: float) -> float:
         """The lock outlives one whole attempt: every call timing out plus backoff."""

@@ -39,3 +39,6 @@ MAX_MARGIN = 604800.0  # the longest token lifetime Stitch may grant (7 days)
 # Celery task names (public: routes and beat entries name them)
 DUE_TASK = "token_worker.refresh_due"
 PROFILE_TASK = "token_worker.refresh_profile"
+BATCH_TASK = "token_worker.refresh_batch"
+# the most profiles beat puts in one refresh_batch task (refresh.max_batch's default)
+MAX_BATCH = 25

@@ -82,6 +82,10 @@ def redis_checks(config: Config, *, wall: Callable[[], float] = time.time) -> li
         fleet_now = store.time()
         after = wall()
         rows = _statuses(config, store)
+        try:
+            claims = store.claims()
+        except StoreError:
+            claims = {}  # a user that may not read them: the other checks still stand
     except StoreError as exc:
         return [_redis_down(exc)]
     finally:
@@ -99,8 +103,15 @@ def redis_checks(config: Config, *, wall: Callable[[], float] = time.time) -> li
         clock_check(fleet_now - (before + after) / 2),
     ]
     checks += [profile_check(row, interval=config.refresh.interval_seconds,
-                             lock_ttl=config.lock_ttl_seconds) for row in rows]
+                             lock_ttl=config.lock_ttl_seconds,
+                             claim_lapsed=_lapsed(claims.get(row.profile), fleet_now))
+               for row in rows]
     return checks
+
+
+def _lapsed(until: float | None, now: float) -> float | None:
+    """Seconds since beat's claim on the profile lapsed unreleased, or None."""
+    return None if until is None or until > now else now - until
 
 
 def _redis_down(exc: StoreError) -> Check:

@@ -253,8 +253,10 @@ def _ago(seconds: float) -> str:
         f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
-def profile_check(row: ProfileStatus, *, interval: float, lock_ttl: float) -> Check:
-    """The profile's token state and its schedule agreeing; failures; a stuck lock."""
+def profile_check(row: ProfileStatus, *, interval: float, lock_ttl: float,
+                  claim_lapsed: float | None = None) -> Check:
+    """The profile's token state and its schedule agreeing; failures; a stuck lock; a
+    refresh beat sent that never ran (``claim_lapsed``: seconds since its claim lapsed)."""
     name = f"profile {row.profile}"
     fp = f"fingerprint {row.fingerprint}" if row.fingerprint else "no fingerprint"
     overdue = row.refresh_in is not None and row.refresh_in < -3 * interval
@@ -281,6 +283,12 @@ def profile_check(row: ProfileStatus, *, interval: float, lock_ttl: float) -> Ch
         return Check(name, Level.WARN, f"{row.state}, {left}, but due {_ago(row.refresh_in or 0)}"
                      f" ago and not attempted (more than 3 intervals): beat or the workers "
                      f"are not running", "see the runbook's TokenWorkerRefreshNotAttempted")
+    if claim_lapsed is not None:
+        return Check(name, Level.WARN, f"{row.state}, {left}, but a refresh beat sent never "
+                     f"ran (its claim lapsed {_ago(claim_lapsed)} ago): a worker died holding "
+                     "it, or one of an older version took a refresh_batch it does not know",
+                     "beat re-sends it alone at the next tick; upgrade every worker on the "
+                     "queue (see the runbook's Lost refresh message)")
     if row.consecutive_failures:
         error = f"; last error: {row.last_error[:160]}" if row.last_error else ""
         return Check(name, Level.WARN, f"{row.state}, {left}, {row.consecutive_failures} "

@@ -39,6 +39,11 @@ class Keys:
         """Sorted set: profile -> when it is next due (fleet clock); one read per tick."""
         return f"{self.base}:schedule"
 
+    def claims(self) -> str:
+        """Sorted set: profile -> until when beat's claim on its next refresh holds (fleet
+        clock): a claimed profile is not sent again until its task ends or the claim lapses."""
+        return f"{self.base}:claims"
+
     def profiles(self) -> str:
         """Hash: profile -> JSON of its public settings, so bare readers know it exists."""
         return f"{self.base}:profiles"

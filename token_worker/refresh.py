@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -21,10 +20,11 @@ from .client import IssuedToken, TokenClient
 from .clock import SYSTEM, Clock
 from .config import Config
 from .exceptions import ConfigError, StoreError, TokenRequestError
+from .lock_keeper import LockKeeper
 from .outcomes import Outcome, Reason, RefreshResult, log_fields
 from .records import StatusRecord
-from .store import REJECTED_COOLDOWN_SECONDS, TokenStore
-from .tokens import Token, TokenState, schedule_refresh, token_state
+from .store import REJECTED_COOLDOWN_SECONDS, Claim, TokenStore
+from .tokens import JITTER_CAP_SECONDS, Token, TokenState, schedule_refresh, token_state
 
 __all__ = ["Outcome", "Reason", "RefreshResult", "Refresher", "next_attempt_delay"]
 
@@ -50,6 +50,9 @@ class Refresher:
         self.sleep = sleep or clock.sleep
         self.rng = rng or random.Random()  # noqa: S311  (jitter, not security)
         self._functions_loaded = False
+        self._ranks: dict[str, int] | None = None
+        # a rotation this late was not on its phase (a backlog, a stopped fleet)
+        self._late_after = max(2 * config.refresh.interval_seconds, JITTER_CAP_SECONDS)
 
     @classmethod
     def from_config(cls, config: Config) -> Refresher:
@@ -70,6 +73,20 @@ class Refresher:
         """Profiles whose scheduled refresh time has passed, in O(1) round trips."""
         _, due = self.store.due(self.config.profiles)
         return due
+
+    def claim_due(self, horizon: float, hold: float) -> tuple[float, list[Claim]]:
+        """Claim the profiles due within ``horizon`` seconds for beat to send (see
+        :meth:`TokenStore.claim_due`); each claim holds ``hold`` seconds past its due time."""
+        return self.store.claim_due(self.config.profiles, horizon=horizon, hold=hold,
+                                    cooldown=REJECTED_COOLDOWN_SECONDS)
+
+    def _phase(self, profile: str) -> float:
+        """The profile's place in a rotation, for a token fetched off its rotation: its
+        rank among this config's profiles (and a random share of one place), so
+        profiles fetched together come due spread evenly."""
+        if self._ranks is None:
+            self._ranks = {name: i for i, name in enumerate(sorted(self.config.profiles))}
+        return (self._ranks.get(profile, 0) + self.rng.random()) / max(1, len(self._ranks))
 
     def sync_profiles(self) -> None:
         """Publish this config's profiles for bare readers (merged into the registry,
@@ -119,7 +136,7 @@ class Refresher:
     # -- refresh -------------------------------------------------------------
     def refresh_profile(
         self, profile: str, force: bool = False, *, requested_at: float | None = None,
-        wait_seconds: float | None = None, scheduled: bool = False,
+        wait_seconds: float | None = None, scheduled: bool = False, claimed: bool = False,
     ) -> RefreshResult:
         """Refresh one profile if it is due (or always, when forced).
 
@@ -134,28 +151,39 @@ class Refresher:
         that the schedule still says so. A refresh queued while another attempt ran
         then fails and backs off does not call the endpoint again.
 
+        ``claimed``: beat claimed this refresh when it sent it; whatever the outcome, the
+        claim is released with the bookkeeping, so the next due time can be claimed.
+
         Raises:
             ConfigError: unknown profile.
             StoreError: Redis is unreachable (nothing was requested).
         """
         with self.store.batch() as batch:  # the bookkeeping writes, in one round trip
             result = self._attempt(profile, force, requested_at=requested_at,
-                                           wait_seconds=wait_seconds, scheduled=scheduled,
-                                           batch=batch)
+                                   wait_seconds=wait_seconds, scheduled=scheduled,
+                                   batch=batch, claimed=claimed)
             if result.outcome in (Outcome.NOT_DUE, Outcome.DONE_ELSEWHERE):
                 # refreshed and failed are recorded with their details where they happen
                 self.store.record_outcome(profile, str(result.outcome),
                                           str(result.reason or ""), pipeline=batch)
+            if claimed:
+                self.store.release_claim(profile, pipeline=batch)
         metrics.observe_refresh(profile, str(result.outcome))
         return result
 
     def _attempt(
         self, profile: str, force: bool = False, *, requested_at: float | None = None,
         wait_seconds: float | None = None, scheduled: bool = False, batch: Any = None,
+        claimed: bool = False,
     ) -> RefreshResult:
         """The refresh itself; :meth:`refresh_profile` wraps it to record outcomes."""
         self._check_profile(profile)
         now = self.store.time()
+        ttl = self.config.lock_ttl_seconds
+        if claimed:
+            # lapses just after the lock would: a worker killed mid-refresh delays the
+            # next one by the lock's TTL, as before claims, not by the message's life
+            self.store.hold_claim(profile, now + ttl + 1.0)
         if requested_at is None:
             requested_at = now
         if not force:
@@ -166,7 +194,6 @@ class Refresher:
                     # token already replaced): put it back, or every tick asks again
                     self.store.schedule_no_earlier(profile, current.refresh_at, pipeline=batch)
                 return RefreshResult(profile, Outcome.NOT_DUE, reason=Reason.TOKEN_VALID)
-        ttl = self.config.lock_ttl_seconds
         deadline = self.clock.monotonic() + (ttl if wait_seconds is None else wait_seconds)
         while True:
             owner = self.store.acquire_lock(profile, ttl)
@@ -183,7 +210,7 @@ class Refresher:
                 return RefreshResult(profile, Outcome.FAILED,
                                      error="another refresh holds the lock; gave up waiting",
                                      error_code="lock_busy", reason=Reason.LOCK_BUSY)
-        keeper = _LockKeeper(self.store, profile, owner, ttl)
+        keeper = LockKeeper(self.store, profile, owner, ttl)
         try:
             return self._refresh_locked(profile, force, requested_at, scheduled, owner)
         finally:
@@ -246,11 +273,16 @@ class Refresher:
                                 failures, owner, now)
         issued_at = now + sent_at
         expires_at = issued_at + issued.expires_in
+        # off its rotation (first token, after failures or a 401, forced, or refreshed
+        # late): the profile's own phase, so tokens fetched together do not come due
+        # together
+        late = current is None or current.refresh_at < now - self._late_after
+        phase = self._phase(profile) if (late or force or failures or rejected) else None
         token = Token(
             access_token=issued.access_token, token_type=issued.token_type, scopes=issued.scopes,
             issued_at=issued_at, expires_at=expires_at,
             refresh_at=schedule_refresh(issued_at, expires_at, self.config.margin_for(profile),
-                                        rng=self.rng),
+                                        rng=self.rng, phase=phase),
         )
         if not self._functions_loaded:  # readers' fast path; once per process
             self._functions_loaded = self.store.load_functions()
@@ -350,26 +382,3 @@ class Refresher:
     def close(self) -> None:
         self.client.close()
         self.store.close()
-
-
-class _LockKeeper:
-    """Extends the refresh lock while this holder works, so a slow Redis or a long run of
-    retries never lets it lapse under a live holder; stops at the first failed extend."""
-
-    def __init__(self, store: TokenStore, profile: str, owner: str, ttl: float) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(store, profile, owner, ttl),
-                                        name="token_worker-lock-keeper", daemon=True)
-        self._thread.start()
-
-    def _run(self, store: TokenStore, profile: str, owner: str, ttl: float) -> None:
-        while not self._stop.wait(ttl / 3):
-            try:
-                if not store.extend_lock(profile, owner, ttl):
-                    return  # taken over: the publish fence refuses our result
-            except StoreError:
-                continue
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1.0)

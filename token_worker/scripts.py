@@ -10,7 +10,7 @@ a key of the wrong type (an operator's typo, a hostile write) is deleted and
 rebuilt rather than left to make every refresh fail with WRONGTYPE halfway.
 Every key a script touches is passed in ``KEYS`` (Redis requires it; on a cluster
 they share one hash slot). The due script only reads: it treats a key of the wrong type
-as absent instead.
+as absent instead; the claim script writes only its claims set.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from string import Template
 
 from . import records
 
-__all__ = ["ACQUIRE", "DUE", "EXTEND", "FAIL", "FUNCTION_LIBRARY", "FUNCTION_LIBRARY_NAME",
-           "PUBLISH", "READ_FUNCTION", "RELEASE"]
+__all__ = ["ACQUIRE", "CLAIM", "DUE", "EXTEND", "FAIL", "FUNCTION_LIBRARY",
+           "FUNCTION_LIBRARY_NAME", "PUBLISH", "READ_FUNCTION", "RELEASE"]
 
 # shared by every script: delete KEYS[i] unless it is one of the allowed types
 _TYPES = """
@@ -105,28 +105,29 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: schedule, then per profile its token keys, status keys and rejected markers
-#       (n each, in the order of the profiles)   ARGV: rejected cooldown seconds, profiles
-# -> {now as "sec.usec", due profiles}
-# Every key is passed, as Redis requires of scripts (on a cluster they share one slot:
-# the prefix is the hash tag).
+# The due test shared by DUE and CLAIM. KEYS: schedule, then per profile its token keys,
+# status keys and rejected markers (n each, in the order of the profiles); ARGV[1]: the
+# rejected cooldown seconds, profiles from ARGV[FIRST]. Fills at[i]: when profile i is due
+# (now when it already is). Every key is passed, as Redis requires of scripts (on a
+# cluster they share one slot: the prefix is the hash tag).
 # Due: the schedule's time has passed or it has none; or the token key is gone while no
 # failure backoff is running (evicted, lost in a failover, deleted by hand); or the
 # current token was reported rejected and no refresh a report caused ran within the
 # cooldown. Keys of the wrong type read as absent. Needs Redis 6.2 (ZMSCORE).
-DUE = """
+_DUE_TIMES = """
 local function read(...)
   local r = redis.pcall(...)
   if type(r) == 'table' and r.err then return nil end
   return r
 end
-local n = #ARGV - 1
+local first = $first
+local n = #ARGV - first + 1
 -- one command per 1,000 keys instead of one per key: the common tick (every token
 -- present, no report) then costs a handful of calls, whatever the profile count
-local function count(first)
+local function count(from_key)
   local total = 0
-  for from = first, first + n - 1, 1000 do
-    total = total + redis.call('EXISTS', unpack(KEYS, from, math.min(from + 999, first + n - 1)))
+  for from = from_key, from_key + n - 1, 1000 do
+    total = total + redis.call('EXISTS', unpack(KEYS, from, math.min(from + 999, from_key + n - 1)))
   end
   return total
 end
@@ -136,13 +137,14 @@ local cooldown = tonumber(ARGV[1])
 local scores = {}
 if redis.call('TYPE', KEYS[1])['ok'] == 'zset' then
   for from = 1, n, 1000 do
-    local r = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, from + 1, math.min(from + 999, n) + 1))
+    local r = redis.call('ZMSCORE', KEYS[1],
+                         unpack(ARGV, from + first - 1, math.min(from + 999, n) + first - 1))
     for j = 1, #r do scores[from + j - 1] = r[j] end
   end
 end
 local tokens = n > 0 and count(2) or 0
 local markers = n > 0 and count(2 + 2 * n) or 0
-local due = {}
+local at = {}
 for i = 1, n do
   local token, status, marker = KEYS[1 + i], KEYS[1 + n + i], KEYS[1 + 2 * n + i]
   local score = tonumber(scores[i] or '')
@@ -158,9 +160,46 @@ for i = 1, n do
       end
     end
   end
-  if is_due then due[#due + 1] = ARGV[i + 1] end
+  at[i] = is_due and now or score
+end
+"""
+
+# -> {now as "sec.usec", due profiles}. Only reads.
+DUE = Template(_DUE_TIMES).safe_substitute(first=2) + """
+local due = {}
+for i = 1, n do
+  if at[i] <= now then due[#due + 1] = ARGV[i + 1] end
 end
 return {t[1] .. '.' .. string.format('%06d', tonumber(t[2])), due}
+"""
+
+# Beat's claim: KEYS as DUE's plus the claims set last; ARGV: cooldown, horizon seconds,
+# claim seconds, profiles. Each profile due within the horizon that no live claim holds is
+# claimed until (when it runs + claim seconds): its message is sent once, and a backlog or
+# a second beat cannot send it again until its task ends (release) or the claim lapses.
+# -> {now as "sec.usec", {profile, runs at, 1 when a lapsed claim was still there}...}
+CLAIM = Template(_DUE_TIMES).safe_substitute(first=4) + """
+local claims = KEYS[2 + 3 * n]
+if redis.call('TYPE', claims)['ok'] ~= 'zset' then redis.call('DEL', claims) end
+local horizon, hold = tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for i = 1, n do
+  if at[i] ~= nil and at[i] <= now + horizon then
+    local name = ARGV[i + 3]
+    local held = tonumber(redis.call('ZSCORE', claims, name) or '')
+    -- a claim further out than any this script makes (+inf written by hand) is void: it
+    -- must not keep the profile from ever being sent
+    if held ~= nil and held > now + horizon + hold then held = now end
+    if held == nil or held <= now then
+      local run = math.max(at[i], now)
+      redis.call('ZADD', claims, run + hold, name)
+      out[#out + 1] = name
+      out[#out + 1] = string.format('%.6f', run)
+      out[#out + 1] = held and 1 or 0
+    end
+  end
+end
+return {t[1] .. '.' .. string.format('%06d', tonumber(t[2])), out}
 """
 
 # The reader's hot path, loaded by the refresher side (FUNCTION LOAD) and run by readers
@@ -192,3 +231,4 @@ def _field_names(lua: str) -> str:
 PUBLISH = _field_names(PUBLISH)
 FAIL = _field_names(FAIL)
 DUE = _field_names(DUE)
+CLAIM = _field_names(CLAIM)

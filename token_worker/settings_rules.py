@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from .constants import MAX_MARGIN
+from .constants import MAX_BATCH, MAX_MARGIN
 from .exceptions import ConfigError
 from .urls import redis_url_problem
 
@@ -80,6 +80,7 @@ NUMBERS: dict[str, Number[Any]] = {
     "refresh.interval_seconds": Number(30.0, ge=0.1, le=3600),
     # retries of retryable errors within one attempt (so one attempt = retries + 1 calls)
     "refresh.retries": Number(2, ge=0, le=10),
+    "refresh.max_batch": Number(MAX_BATCH, ge=1, le=100),  # profiles per refresh_batch task
     "profiles.margin_seconds": Number(600.0, ge=0, le=MAX_MARGIN),  # default: refresh's
     "metrics.port": Number(0, ge=0, le=65535),  # 0: no /metrics endpoint
 }

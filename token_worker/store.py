@@ -36,13 +36,14 @@ from .connection import (
 from .events import Event
 from .keys import Keys
 from .records import StatusRecord
+from .store_claims import Claim, ClaimOps
 from .store_guard import REDIS_ERRORS, Subscription, guard_public, store_error
 from .store_read import decode_token, function_unavailable, split_read
 from .store_server import ServerFacts, ServerOps
 from .store_status import ProfileFacts, StatusOps
 from .tokens import Token, bounded_ttl
 
-__all__ = ["REJECTED_COOLDOWN_SECONDS", "PlainCodec", "ProfileFacts", "RedisTarget",
+__all__ = ["REJECTED_COOLDOWN_SECONDS", "Claim", "PlainCodec", "ProfileFacts", "RedisTarget",
            "ServerFacts", "TokenCodec", "TokenStore", "client_for", "connect_redis"]
 
 log = logging.getLogger("token_worker.store")
@@ -57,7 +58,7 @@ REJECTED_COOLDOWN_SECONDS = 10.0
 
 
 @guard_public
-class TokenStore(StatusOps, ServerOps):
+class TokenStore(StatusOps, ClaimOps, ServerOps):
     """Token, status, schedule and lock operations for one key prefix."""
 
     def __init__(self, client: redis.Redis, prefix: str = "stitch",
@@ -241,7 +242,7 @@ class TokenStore(StatusOps, ServerOps):
         """Delete the prefix's schedule and registry and these profiles' keys, plus the
         ``extra`` key names (the demo's queue): a throwaway keyspace's cleanup."""
         k = self.keys
-        names = [k.schedule(), k.profiles(), *extra]
+        names = [k.schedule(), k.claims(), k.profiles(), *extra]
         for p in profiles:
             names += [k.token(p), k.status(p), k.lock(p), k.rejected(p)]
         self.redis.delete(*names)
@@ -267,6 +268,7 @@ class TokenStore(StatusOps, ServerOps):
         for key in (k.token(profile), k.status(profile), k.lock(profile)):
             pipe.delete(key)  # one key per DEL: a cluster pipeline takes no other
         pipe.zrem(k.schedule(), profile)
+        pipe.zrem(k.claims(), profile)
         pipe.hdel(k.profiles(), profile)
         pipe.execute()
         self.redis.publish(k.events(), Event.purged(profile).encode())

@@ -18,15 +18,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from kombu.exceptions import OperationalError
 
+from .batch import refresh_batch
 from .config import Config, load_config
-from .constants import DUE_TASK, PROFILE_TASK
+from .constants import BATCH_TASK, DUE_TASK, MAX_BATCH, PROFILE_TASK
 from .exceptions import ConfigError, StoreError, TokenUnavailable
+from .outcomes import RefreshResult
+from .plan import BATCH_THREADS, plan_sends
 from .reader import TokenReader
 from .refresh import Outcome, Refresher
 from .tokens import Token
 
-__all__ = ["DUE_TASK", "PROFILE_TASK", "register", "token_or_retry"]
+__all__ = ["BATCH_TASK", "DUE_TASK", "PROFILE_TASK", "register", "token_or_retry"]
 
 log = logging.getLogger("token_worker.tasks")
 
@@ -39,6 +43,11 @@ BEAT_ENTRY = "token_worker.refresh_due"
 BEAT_EXPIRES_FRACTION = 0.9
 # a fanned-out refresh waits behind slow ones (prefetch 1); past this, later ticks own it
 FANOUT_EXPIRES_MIN = 60.0
+# a claim outlives its message's expiry by this much, so a claimed refresh is sent again
+# only once its message can no longer run
+CLAIM_SLACK_SECONDS = 1.0
+# refresh_due's log line names at most this many profiles
+LOGGED_NAMES = 20
 # bare readers learn the profile list from Redis; republish it at least this often
 SYNC_EVERY_SECONDS = 300.0
 # a beat entry "last run" long ago: the first tick fires when beat starts, not an
@@ -87,12 +96,14 @@ worker_process_init.connect(_reset_after_fork, weak=False)
 
 
 def _run_refresh(runtime: _Runtime, task: Any, profile: str, force: bool,
-                     requested_at: float | None, scheduled: bool = False) -> None:
+                 requested_at: float | None, scheduled: bool = False) -> None:
     try:
+        # scheduled: beat sent it, under a claim (an older beat's copy has none: the
+        # release is then a no-op)
         result = runtime.refresher().refresh_profile(
             profile, bool(force),
             requested_at=None if requested_at is None else float(requested_at),
-            scheduled=bool(scheduled))
+            scheduled=bool(scheduled), claimed=bool(scheduled))
     except ConfigError as exc:
         if task.request.retries < UNKNOWN_PROFILE_HANDOFFS:
             # a worker whose config lacks the profile (a rolling deploy adding it, or
@@ -108,6 +119,10 @@ def _run_refresh(runtime: _Runtime, task: Any, profile: str, force: bool,
         # nothing was requested; the next beat tick tries again
         log.warning("refresh profile=%s skipped: token store unreachable: %s", profile, exc)
         return
+    _log_result(profile, result, force)
+
+
+def _log_result(profile: str, result: RefreshResult, force: bool = False) -> None:
     if result.outcome is Outcome.FAILED and result.error_code == "lock_busy":
         log.warning("refresh profile=%s outcome=failed: %s", profile, result.error)
     elif result.outcome in (Outcome.NOT_DUE, Outcome.DONE_ELSEWHERE):
@@ -116,27 +131,83 @@ def _run_refresh(runtime: _Runtime, task: Any, profile: str, force: bool,
                  result.reason, force)
 
 
+def _run_batch(runtime: _Runtime, app: Any, queue: str, profiles: list[str]) -> None:
+    if not isinstance(profiles, list | tuple):
+        log.warning("refresh_batch skipped: its argument is not a list of profiles")
+        return
+    try:
+        refresher = runtime.refresher()
+    except ConfigError as exc:
+        log.error("refresh_batch skipped: %s", "; ".join(exc.problems))
+        return
+    items = refresh_batch(refresher, [str(p) for p in profiles[:MAX_BATCH * 4]])
+    for item in items:
+        if item.result is not None:
+            _log_result(item.profile, item.result)
+        elif item.unknown is not None:
+            # not in this worker's config: on as a one-profile refresh, whose handoff
+            # finds a worker that knows it
+            log.info("refresh profile=%s not in this worker's config; handing it on",
+                     item.profile)
+            app.send_task(PROFILE_TASK, args=(item.profile,), kwargs={"scheduled": True},
+                          queue=queue, ignore_result=True)
+        else:
+            log.warning("refresh profile=%s skipped: token store unreachable: %s",
+                        item.profile, item.unreachable)
+
+
 def _refresh_due(runtime: _Runtime, app: Any, queue: str, expires: float) -> None:
     try:
         refresher = runtime.refresher()
         runtime.sync_if_stale(refresher)
-        due = refresher.due_profiles()
+        # every profile due before the next tick, claimed so that no later tick (and no
+        # second beat) sends it again while its message waits or runs
+        now, claims = refresher.claim_due(horizon=runtime.config.refresh.interval_seconds,
+                                          hold=expires + CLAIM_SLACK_SECONDS)
     except ConfigError as exc:
         log.error("refresh_due skipped: %s", "; ".join(exc.problems))
         return
     except StoreError as exc:
         log.warning("refresh_due skipped: token store unreachable: %s", exc)
         return
-    if not due:
+    if not claims:
         return
-    log.info("refresh_due profiles=%s", ",".join(due))
-    with app.producer_or_acquire() as producer:
-        for profile in due:
-            # scheduled: a copy that waited in the queue while another attempt failed
-            # leaves the next attempt to the backoff
-            app.send_task(PROFILE_TASK, args=(profile,), kwargs={"scheduled": True},
-                          queue=queue, expires=expires, producer=producer,
-                          ignore_result=True)
+    sends = plan_sends(claims, now, max_batch=runtime.config.refresh.max_batch)
+    names = [c.profile for c in claims]
+    lapsed = [c.profile for c in claims if c.lapsed]
+    log.info("refresh_due claimed=%d tasks=%d lapsed=%d profiles=%s%s", len(claims),
+             len(sends), len(lapsed), ",".join(names[:LOGGED_NAMES]),
+             ",..." if len(names) > LOGGED_NAMES else "")
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for send in sends:
+                # each runs at its due time; it expires with its claim
+                options = {"queue": queue, "countdown": send.countdown or None,
+                           "expires": send.countdown + expires, "producer": producer,
+                           "ignore_result": True}
+                if len(send.profiles) == 1:
+                    # scheduled: a copy that waited in the queue while another attempt
+                    # failed leaves the next attempt to the backoff
+                    app.send_task(PROFILE_TASK, args=(send.profiles[0],),
+                                  kwargs={"scheduled": True}, **options)
+                else:
+                    app.send_task(BATCH_TASK, args=(list(send.profiles),), **options)
+                sent += 1
+    except (OperationalError, OSError) as exc:
+        log.warning("refresh_due: broker unreachable after %d of %d tasks: %s", sent,
+                    len(sends), exc)
+        _release(refresher, [p for send in sends[sent:] for p in send.profiles])
+
+
+def _release(refresher: Refresher, profiles: list[str]) -> None:
+    """Claims whose message was never sent: free them for the next tick."""
+    try:
+        with refresher.store.batch() as batch:
+            for profile in profiles:
+                refresher.store.release_claim(profile, pipeline=batch)
+    except StoreError:
+        pass  # they lapse on their own
 
 
 def _after_configure(app: Any, apply: Any) -> None:
@@ -185,17 +256,27 @@ def register(app: Any, config: Config | None = None) -> None:
         """Refresh one profile if due (always when forced); returns nothing."""
         _run_refresh(runtime, task, profile, force, requested_at, scheduled)
 
+    def refresh_batch(profiles: list[str]) -> None:
+        """Refresh several claimed profiles, each as ``refresh_profile`` would; returns
+        nothing."""
+        _run_batch(runtime, app, queue, profiles)
+
     def refresh_due() -> None:
-        """Fan out ``refresh_profile`` for every profile whose token is due."""
+        """Claim every profile due before the next tick and send its refresh to run when
+        it is due (several per task when many are due together)."""
         _refresh_due(runtime, app, queue, fanout_expires)
 
     # a forced refresh may wait out another holder's lock, then make its own attempt
-    app.task(name=PROFILE_TASK, time_limit=2 * config.lock_ttl_seconds + 30, bind=True,
+    one_refresh = 2 * config.lock_ttl_seconds + 30
+    app.task(name=PROFILE_TASK, time_limit=one_refresh, bind=True,
              max_retries=UNKNOWN_PROFILE_HANDOFFS, **options)(refresh_profile)
+    app.task(name=BATCH_TASK, time_limit=one_refresh * -(-MAX_BATCH * 4 // BATCH_THREADS),
+             **options)(refresh_batch)
     app.task(name=DUE_TASK, **options)(refresh_due)
 
     def apply() -> None:
-        ours = {PROFILE_TASK: {"queue": queue}, DUE_TASK: {"queue": queue}}
+        ours = {PROFILE_TASK: {"queue": queue}, BATCH_TASK: {"queue": queue},
+                DUE_TASK: {"queue": queue}}
         routes = app.conf.task_routes
         if not routes:
             app.conf.task_routes = ours

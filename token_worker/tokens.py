@@ -24,6 +24,7 @@ from .clock import SYSTEM, Clock
 __all__ = [
     "JITTER_CAP_SECONDS",
     "JITTER_FRACTION",
+    "PHASE_FLOOR",
     "Token",
     "TokenState",
     "bounded_ttl",
@@ -33,9 +34,15 @@ __all__ = [
 ]
 
 # refresh_at is pulled earlier by up to this share of the lead time (capped), so
-# many profiles issued in the same second do not all come due in the same second
-JITTER_FRACTION = 0.1
+# profiles issued in the same second drift apart. Small on purpose: a rotation keeps the
+# phase it was given (see ``phase``), and a large random pull on every rotation would
+# randomise the fleet's phases again (bunching calls into busy seconds). At real
+# lifetimes the cap decides: 30 s of a 50 min lead is 1%.
+JITTER_FRACTION = 0.02
 JITTER_CAP_SECONDS = 30.0
+# a token placed by its phase is kept at least this share of its lead time: a phase never
+# turns one fetch into two back to back
+PHASE_FLOOR = 0.1
 
 
 class TokenState(StrEnum):
@@ -65,18 +72,30 @@ def bounded_ttl(pttl: float, expires_at: float, fleet_now: float) -> float:
 
 
 def schedule_refresh(
-    issued_at: float, expires_at: float, margin: float, *, rng: random.Random | None = None
+    issued_at: float, expires_at: float, margin: float, *, rng: random.Random | None = None,
+    phase: float | None = None,
 ) -> float:
     """When a token should be refreshed.
 
     Due once ``margin`` seconds of life are left; when the margin is not less than
     the whole lifetime, at half the lifetime instead. A random jitter moves the
-    moment earlier (never later), by at most a tenth of the lead time and
+    moment earlier (never later), by at most ``JITTER_FRACTION`` of the lead time and
     ``JITTER_CAP_SECONDS``.
+
+    ``phase`` (in [0, 1)) gives the profile its own place in the rotation instead: the
+    first moment past ``PHASE_FLOOR`` of the lead time whose position in the fleet clock's
+    cycle of the rest of the lead is ``phase``. Tokens fetched off their rotation (the
+    first of a cold fleet, one after an outage or a forced refresh) then come due spread
+    evenly over the lead, however bunched they were fetched, and every later rotation
+    keeps its phase.
     """
     lifetime = expires_at - issued_at
     base = expires_at - margin if margin < lifetime else issued_at + lifetime / 2
-    spread = min((base - issued_at) * JITTER_FRACTION, JITTER_CAP_SECONDS)
+    lead = base - issued_at
+    if phase is not None and 0.0 <= phase < 1.0 and lead > 0:
+        first, span = issued_at + lead * PHASE_FLOOR, lead * (1.0 - PHASE_FLOOR)
+        return first + (phase * span - first) % span
+    spread = min(lead * JITTER_FRACTION, JITTER_CAP_SECONDS)
     return base - (rng or random).uniform(0.0, max(spread, 0.0))
 
 

@@ -36,6 +36,7 @@ import pytest
 from token_worker import TokenReader, TokenUnavailable
 from token_worker.tasks import BEAT_ENTRY, DUE_TASK
 from token_worker.testing import Worker, spawn_worker, wait_until
+from token_worker.tokens import PHASE_FLOOR
 
 from ..support import record_publishes
 from .conftest import HEAVY, THREE, Fleet, subprocess_env
@@ -129,9 +130,12 @@ def _stop(beat: Worker) -> int:
 
 def _cycles(times: list[float], lifetime: float, margin: float) -> int:
     """Token lifetimes in a list of publish times: a duplicate would follow within
-    milliseconds, a real rotation ``lifetime - margin`` later."""
+    milliseconds, a real rotation ``lifetime - margin`` later (the first token's, placed
+    by its profile's phase, no sooner than ``PHASE_FLOOR`` of that)."""
+    lead = lifetime - margin
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    return 1 + sum(1 for g in gaps if g >= (lifetime - margin) / 2)
+    assert all(g >= lead / 2 for g in gaps[1:]), gaps
+    return 1 + sum(1 for g in gaps if g >= PHASE_FLOOR * lead * 0.9)
 
 
 class _Readers(threading.Thread):
@@ -188,18 +192,25 @@ def test_redbeat_lets_one_beat_send_and_the_other_takes_over_when_it_is_killed(
     assert wait_until(lambda: all(publishes.get(p) for p in THREE), 30), publishes
     readers = _Readers(fleet.redis_url, min_ttl)
     readers.start()
-    # kill the sender (no chance to release its lock) a second before the tokens come due
-    # (jitter moves that up to 0.5 s earlier), so their refresh waits for the takeover
-    issued = max(publishes[p][-1] for p in THREE)
-    kill_after = lifetime - margin - 1
-    time.sleep(max(0.0, issued + kill_after - time.time()))
+    # kill the sender (no chance to release its lock) a second before the next token
+    # comes due (profiles have their own phases), so its refresh waits for the takeover
+    rds = fleet.store_client()
+    while True:
+        due = {p: float(rds.zscore("stitch:schedule", p) or 0) for p in THREE}
+        target = min(due, key=lambda p: due[p])
+        if due[target] - time.time() > 1.5:
+            break
+        time.sleep(0.1)
+    expiry = {p: json.loads(rds.get(f"stitch:token:{p}") or "{}")["expires_at"]
+              for p in THREE}
+    time.sleep(max(0.0, due[target] - 1 - time.time()))
     killed_at = time.time()
     active.kill()
     assert wait_until(lambda: ACQUIRED in standby.log(), lock_timeout + loop + 5), \
         standby.log()[-2000:]
     took_over = _stamps(standby.log(), ACQUIRED)[0] - killed_at
     # until every token issued before the kill has expired: readers see only newer ones
-    time.sleep(max(0.0, issued + lifetime + 1 - time.time()))
+    time.sleep(max(0.0, max(expiry.values()) + 1 - time.time()))
     readers.stop()
     assert _stop(standby) == 0
     assert worker.terminate() == 0
@@ -222,9 +233,9 @@ def test_redbeat_lets_one_beat_send_and_the_other_takes_over_when_it_is_killed(
     # it waited for the lock to expire (extended on every tick), then for its next poll
     assert lock_timeout - loop - 0.5 <= took_over <= lock_timeout + loop + 1.0
     assert readers.missed == [], readers.missed[:3]
-    # the due refresh waited for the takeover (the old token had about L - kill_after -
-    # took_over left when it was replaced), and still came in time
-    assert min_ttl <= readers.least_left <= lifetime - kill_after - took_over + 0.5
+    # the due refresh waited for the takeover (the old token had about its expiry - the
+    # kill - took_over left when it was replaced), and still came in time
+    assert min_ttl <= readers.least_left <= expiry[target] - killed_at - took_over + 0.5
     for profile, scopes in THREE.items():
         times = publishes[profile]
         cycles = _cycles(times, lifetime, margin)

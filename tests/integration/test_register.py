@@ -12,7 +12,7 @@ from celery import Celery
 from tests.support import REPO
 from token_worker import register
 from token_worker.config import load_config
-from token_worker.tasks import DUE_TASK, PROFILE_TASK
+from token_worker.tasks import BATCH_TASK, DUE_TASK, PROFILE_TASK
 
 from .conftest import Fleet
 
@@ -37,7 +37,8 @@ def test_register_adds_tasks_routes_and_beat_and_keeps_the_host_settings(
     app.config_from_object(HostSettings)
 
     routes = app.conf.task_routes
-    assert routes[0] == {PROFILE_TASK: {"queue": "tw-tokens"}, DUE_TASK: {"queue": "tw-tokens"}}
+    assert routes[0] == {PROFILE_TASK: {"queue": "tw-tokens"}, BATCH_TASK: {"queue": "tw-tokens"},
+                         DUE_TASK: {"queue": "tw-tokens"}}
     assert routes[1:] == ({"host.*": {"queue": "host"}},)
     schedule = app.conf.beat_schedule
     assert set(schedule) == {"host.tick", DUE_TASK}
@@ -49,9 +50,10 @@ def test_register_adds_tasks_routes_and_beat_and_keeps_the_host_settings(
     assert app.conf.worker_prefetch_multiplier == 8
     assert app.conf.result_backend is None
     assert app.amqp.router.route({}, PROFILE_TASK)["queue"].name == "tw-tokens"
-    task = app.tasks[PROFILE_TASK]
-    assert (task.queue, task.serializer, task.ignore_result, task.acks_late) == \
-        ("tw-tokens", "json", True, True)
+    for name in (PROFILE_TASK, BATCH_TASK):
+        task = app.tasks[name]
+        assert (task.queue, task.serializer, task.ignore_result, task.acks_late) == \
+            ("tw-tokens", "json", True, True)
 
     configured = Celery("host2", set_as_current=False)
     configured.conf.update(task_routes={"host.*": {"queue": "host"}})
@@ -59,8 +61,8 @@ def test_register_adds_tasks_routes_and_beat_and_keeps_the_host_settings(
     register(configured, config)
     register(configured, config)  # idempotent
     assert configured.conf.task_routes == {
-        PROFILE_TASK: {"queue": "tw-tokens"}, DUE_TASK: {"queue": "tw-tokens"},
-        "host.*": {"queue": "host"}}
+        PROFILE_TASK: {"queue": "tw-tokens"}, BATCH_TASK: {"queue": "tw-tokens"},
+        DUE_TASK: {"queue": "tw-tokens"}, "host.*": {"queue": "host"}}
     assert list(configured.conf.beat_schedule) == [DUE_TASK]
     # the default beat_schedule of other apps is not touched
     assert DUE_TASK not in Celery("other", set_as_current=False).conf.beat_schedule

@@ -58,4 +58,8 @@ def test_sigkill_leaves_a_lock_that_expires_and_the_next_tick_takes_over(
     # nothing while the dead worker's lock lived, then the next tick's refresh
     assert lock_ttl - 2 <= waited <= lock_ttl + 15
     assert fleet.emulator.calls == 2
-    assert "refresh profile=payments outcome=done_elsewhere" in fleet.workers[1].log()
+    # while the dead worker's claim lived (as long as its lock, plus 1 s) the new worker
+    # sent nothing; then it re-sent the lapsed claim, once
+    log = fleet.workers[1].log()
+    assert "lapsed=1 profiles=payments" in log
+    assert "outcome=done_elsewhere" not in log

@@ -53,6 +53,7 @@ def write_config(
     secret_file: Path | None = None,
     clients: Mapping[str, Mapping[str, Any]] | None = None,
     redis: Mapping[str, Any] | None = None,
+    refresh: Mapping[str, Any] | None = None,
     sections: Mapping[str, Mapping[str, Any]] | None = None,
     extra: str = "",
 ) -> Path:
@@ -68,6 +69,7 @@ def write_config(
         queue, retries: written only when given.
         clients: the ``[clients.*]`` tables, replacing the default client.
         redis: more ``[redis]`` keys.
+        refresh: more ``[refresh]`` keys.
         sections: more tables (``{"metrics": {"port": 9100}}``), after ``[refresh]``.
         extra: text appended as it is.
     """
@@ -81,7 +83,7 @@ def write_config(
         *_table("celery", {"broker_url": broker, "queue": queue}),
         *_table("stitch", {"token_url": token_url, "timeout_seconds": timeout}),
         *_table("refresh", {"margin_seconds": margin, "interval_seconds": interval,
-                            "retries": retries}),
+                            "retries": retries, **(refresh or {})}),
     ]
     for name, table in (sections or {}).items():
         lines += _table(name, table)
