@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from token_worker.store import connect_redis
+from token_worker.testing import free_port
 from token_worker.testing.workers import child_pids
 
 from .conftest import Fleet, subprocess_env
@@ -145,11 +146,12 @@ def tmux(tmp_path: Path) -> Iterator[list[Tmux]]:
 
 def test_a_person_breaks_everything_under_tmux_and_quitting_leaves_nothing(
         tmp_path: Path, tmux: list[Tmux]) -> None:
-    # no config and a clean environment: the demo starts its own redis-server, so every
-    # key works
-    env = subprocess_env()
-    exports = " ".join(shlex.quote(f"{k}={env[k]}") for k in ("PATH", "PYTHONPATH", "HOME")
-                       if k in env)
+    # no config, a clean environment and a $TOKEN_WORKER_REDIS_URL where nothing answers:
+    # the demo starts its own redis-server (so every key works), and that override must
+    # not send its store and readers back to the dead URL
+    env = subprocess_env(TOKEN_WORKER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    exports = " ".join(shlex.quote(f"{k}={env[k]}") for k in
+                       ("PATH", "PYTHONPATH", "HOME", "TOKEN_WORKER_REDIS_URL") if k in env)
     command = f"cd {shlex.quote(str(tmp_path))} && exec env -i {exports} TERM=xterm " \
               f"{shlex.quote(sys.executable)} -m token_worker demo --lifetime {LIFETIME}"
     started = time.monotonic()
@@ -158,7 +160,8 @@ def test_a_person_breaks_everything_under_tmux_and_quitting_leaves_nothing(
     t.wait_for(r"payments [1-9]\d*  misses 0 ", 60)
     screen = t.screen()
     assert "keys: o endpoint outage  r restart Redis  k kill worker  4 401 storm  q quit" in screen
-    port = int(t.wait_for(r"private redis-server redis://127\.0\.0\.1:(\d+)/0", 1)[1])
+    port = int(t.wait_for(r"private redis-server redis://127\.0\.0\.1:(\d+)/0 \(none "
+                          r"answered at redis://127\.0\.0\.1:\d+/0\)", 1)[1])
     assert re.search(r"^payments\s+(valid|refresh_due)\s", screen, re.M), screen
 
     t.run("send-keys", "-t", "demo", "o")
