@@ -5,7 +5,8 @@ An emulated Stitch endpoint (a thread of this process), Redis (a private
 Celery workers with embedded beat (child processes) refreshing three short-lived
 profiles, payment tasks reading the payments token (threads of this process, see
 :mod:`.demo_readers`), and a live view (:mod:`.demo_view`) with keys that break things
-(:mod:`.demo_breaks`). Ctrl-C, ``q`` or SIGTERM shuts everything down: the payment
+(:mod:`.demo_breaks`). Ctrl-C, ``q``, SIGTERM or SIGHUP (the terminal closed) shuts
+everything down: the payment
 tasks, the workers warm, then anything left of their process groups, then the
 private Redis.
 """
@@ -43,6 +44,7 @@ log = logging.getLogger("token_worker.demo")
 TICK_SECONDS = 0.2  # keys, breaks and the worker are looked at this often
 FRAME_SECONDS = 1.0  # a terminal redraws (a log prints a line) this often
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _answers(url: str, keys: dict[str, Any] | None = None) -> bool:
@@ -118,6 +120,12 @@ def _private_redis(workdir: Path) -> RedisServer:
         raise TokenWorkerError(f"no Redis answers, and {exc} (or set redis.url)") from None
 
 
+def _say(text: str, end: str = "\n") -> None:
+    """Print, unless the terminal has gone away (SIGHUP follows: the demo stops)."""
+    with contextlib.suppress(OSError):
+        print(text, end=end, flush=True)
+
+
 def _snapshot(rig: DemoRig, breaker: Breaker) -> Snapshot:
     token = rig.tasks.current() if rig.tasks.ready.is_set() else None
     return Snapshot(rows=rig.statuses(), tally=rig.tasks.tally(),
@@ -153,18 +161,21 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
     """
     stop = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if in_main else None
+    # SIGHUP: the terminal closed (a tmux window, an ssh session); stop as for SIGTERM,
+    # else the workers (each in its own session) would outlive the demo
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if in_main else {}
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     redis_url, broker_url, redis_keys, why = redis_choice(config_path, private_redis)
     tty = sys.stdout.isatty() if log_mode is None else not log_mode
+    secret = secrets.token_urlsafe(24)
+    emulator = Emulator(port=port, clients={DEMO_CLIENT_ID: secret}, expires_in=lifetime)
     workdir = Path(tempfile.mkdtemp(prefix="token_worker-demo-"))
     private: RedisServer | None = None
     rig: DemoRig | None = None
     breaker: Breaker | None = None
-    secret = secrets.token_urlsafe(24)
     quiet = {name: logging.getLogger(name) for name in (
         "token_worker.emulator", *(["token_worker"] if tty else []))}
     levels = {name: logger.level for name, logger in quiet.items()}
@@ -172,14 +183,13 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
     # would tear it (the event log says what happened)
     for name, logger in quiet.items():
         logger.setLevel(logging.ERROR if name == "token_worker" else logging.WARNING)
-    emulator = Emulator(port=port, clients={DEMO_CLIENT_ID: secret}, expires_in=lifetime)
     store: TokenStore | None = None
     started = time.monotonic()
     codes: list[int] = []
     try:
         with _without_url_overrides(), Keys() as keys:
-            if in_main:
-                signal.signal(signal.SIGTERM, on_term)
+            for sig in previous:
+                signal.signal(sig, on_term)
             if redis_url is not None:
                 where = f"redis {redact_url(redis_url)} ({why})"
             else:
@@ -197,14 +207,13 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
                           secret=secret, workdir=workdir, lifetime=lifetime)
             rig.start_fleet()
             pids = " and ".join(f"pid {w.proc.pid}" for w in rig.workers)
-            print(f"demo: workers {pids}, logs {workdir}/worker-*.log, config {config_file}",
-                  flush=True)
+            _say(f"demo: workers {pids}, logs {workdir}/worker-*.log, config {config_file}")
             rig.tasks.start()
             breaker = Breaker(rig, breaks)
             _loop(rig, breaker, keys, stop, tty=tty, where=where, duration=duration)
             last = frame(_snapshot(rig, breaker), where=where, events=breaker.events,
                          logs=rig.logs, threads=rig.tasks.threads, keys=False)
-            print(redraw(last) + "\n" if tty else "\n" + last, flush=True)
+            _say(redraw(last) + "\n" if tty else "\n" + last)
     except KeyboardInterrupt:
         pass
     finally:
@@ -221,16 +230,15 @@ def run_demo(config_path: str | None, port: int = 0, lifetime: float = 30,
         shutil.rmtree(workdir, ignore_errors=True)
         for name, logger in quiet.items():
             logger.setLevel(levels[name])
-        if in_main and previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if rig is not None and breaker is not None:
-            print(summary(rig.tasks.tally(), time.monotonic() - started, rig.tasks.threads,
-                          _results(breaker)), flush=True)
+            _say(summary(rig.tasks.tally(), time.monotonic() - started, rig.tasks.threads,
+                         _results(breaker)))
         if codes:
             statuses = ", ".join(map(str, codes))
-            print(f"demo stopped: workers exited with status {statuses}; "
-                  f"{'private redis-server stopped; ' if private else ''}emulator stopped",
-                  flush=True)
+            _say(f"demo stopped: workers exited with status {statuses}; "
+                 f"{'private redis-server stopped; ' if private else ''}emulator stopped")
     _verdict(rig, breaker)
 
 
@@ -264,15 +272,14 @@ def _loop(rig: DemoRig, breaker: Breaker, keys: Keys, stop: threading.Event, *, 
         events = breaker.drain()
         if not tty:
             for text in events:
-                print(event_line(text), flush=True)
+                _say(event_line(text))
         if now >= next_frame or (tty and events):
             snap = _snapshot(rig, breaker)
             if tty:
-                print(redraw(frame(snap, where=where, events=breaker.events,
-                                   logs=rig.logs, threads=rig.tasks.threads,
-                                   keys=keys.enabled)), end="", flush=True)
+                _say(redraw(frame(snap, where=where, events=breaker.events, logs=rig.logs,
+                                  threads=rig.tasks.threads, keys=keys.enabled)), end="")
             else:
-                print(log_line(snap), flush=True)
+                _say(log_line(snap))
             if now >= next_frame:
                 next_frame = now + FRAME_SECONDS
         pressed = keys.read(TICK_SECONDS) if keys.enabled else ""

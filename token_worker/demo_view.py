@@ -169,10 +169,11 @@ class Keys:
         a terminal)."""
         if self.fd is None:
             return ""
-        ready, _, _ = select.select([self.fd], [], [], timeout)
-        if not ready:
-            return ""
-        data = os.read(self.fd, 64)
-        if not data:  # the terminal went away: no more keys
+        try:
+            ready, _, _ = select.select([self.fd], [], [], timeout)
+            data = os.read(self.fd, 64) if ready else b""
+        except OSError:  # the terminal went away (EIO): no more keys, SIGHUP follows
+            data, ready = b"", [self.fd]
+        if ready and not data:
             self.fd = None
         return data.decode(errors="ignore")

@@ -4,9 +4,12 @@ and nothing it started outlives it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -105,6 +108,7 @@ class Tmux:
         conf = tmp / "tmux.conf"
         conf.write_text("set -g remain-on-exit on\nset -g history-limit 5000\n")
         self.base = ["tmux", "-L", self.socket, "-f", str(conf)]
+        self.pids: list[int] = []  # what the demo started, once looked at
         self.run("new-session", "-d", "-s", "demo", "-x", str(width), "-y", str(height),
                  command)
 
@@ -132,6 +136,18 @@ class Tmux:
     def kill(self) -> None:
         subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=10)
 
+    def reap(self) -> None:
+        """SIGKILL whatever the demo left (a failed test must not leave a fleet behind)."""
+        for pid in self.pids:
+            # still the process it was (a pid can be reused), and not yet gone
+            if _gone(pid) or not any(n in _cmdline(pid) for n in ("token_worker", "redis")):
+                continue
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == pid:  # a worker leads its own group: pool and beat too
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+
 
 @pytest.fixture
 def tmux(tmp_path: Path) -> Iterator[list[Tmux]]:
@@ -142,22 +158,54 @@ def tmux(tmp_path: Path) -> Iterator[list[Tmux]]:
     finally:
         for t in made:
             t.kill()
+            t.reap()
+
+
+def _demo_in_tmux(tmp_path: Path, tmux: list[Tmux]) -> Tmux:
+    """The demo in a tmux pane, with no config, a clean environment and a
+    ``$TOKEN_WORKER_REDIS_URL`` where nothing answers, its payments under way."""
+    # the override must not send its store and readers back to the dead URL
+    env = subprocess_env(TOKEN_WORKER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    exports = " ".join(shlex.quote(f"{k}={env[k]}") for k in
+                       ("PATH", "PYTHONPATH", "HOME", "TOKEN_WORKER_REDIS_URL") if k in env)
+    # the shell reports the exit status: tmux (3.3a) does not always reap its pane's
+    # process after another tmux server of this test run was killed
+    command = f"cd {shlex.quote(str(tmp_path))} && env -i {exports} TERM=xterm " \
+              f"{shlex.quote(sys.executable)} -m token_worker demo --lifetime {LIFETIME}; " \
+              "echo demo exited with status $?"
+    t = Tmux(tmp_path, command)
+    tmux.append(t)
+    t.wait_for(r"payments [1-9]\d*  misses 0 ", 60)
+    return t
+
+
+def _started(t: Tmux) -> list[int]:
+    """The demo's process and every process under it (workers, pools, beats, Redis)."""
+    shell = int(t.pane("#{pane_pid}"))
+    t.pids = child_pids(shell)
+    assert len(t.pids) >= 6, t.pids  # the demo, 2 x (worker, pool, beat), redis-server
+    return t.pids
+
+
+def _left(pids: list[int], timeout: float) -> dict[int, str]:
+    deadline = time.monotonic() + timeout
+    while any(not _gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return {p: _cmdline(p) for p in pids if not _gone(p)}
+
+
+def test_closing_the_terminal_stops_everything_the_demo_started(
+        tmp_path: Path, tmux: list[Tmux]) -> None:
+    t = _demo_in_tmux(tmp_path, tmux)
+    pids = _started(t)
+    t.kill()  # the tmux server goes, and the pane's process gets SIGHUP
+    assert _left(pids, 40) == {}
 
 
 def test_a_person_breaks_everything_under_tmux_and_quitting_leaves_nothing(
         tmp_path: Path, tmux: list[Tmux]) -> None:
-    # no config, a clean environment and a $TOKEN_WORKER_REDIS_URL where nothing answers:
-    # the demo starts its own redis-server (so every key works), and that override must
-    # not send its store and readers back to the dead URL
-    env = subprocess_env(TOKEN_WORKER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
-    exports = " ".join(shlex.quote(f"{k}={env[k]}") for k in
-                       ("PATH", "PYTHONPATH", "HOME", "TOKEN_WORKER_REDIS_URL") if k in env)
-    command = f"cd {shlex.quote(str(tmp_path))} && exec env -i {exports} TERM=xterm " \
-              f"{shlex.quote(sys.executable)} -m token_worker demo --lifetime {LIFETIME}"
     started = time.monotonic()
-    t = Tmux(tmp_path, command)
-    tmux.append(t)
-    t.wait_for(r"payments [1-9]\d*  misses 0 ", 60)
+    t = _demo_in_tmux(tmp_path, tmux)
     screen = t.screen()
     assert "keys: o endpoint outage  r restart Redis  k kill worker  4 401 storm  q quit" in screen
     port = int(t.wait_for(r"private redis-server redis://127\.0\.0\.1:(\d+)/0 \(none "
@@ -181,22 +229,16 @@ def test_a_person_breaks_everything_under_tmux_and_quitting_leaves_nothing(
     screen = t.screen()
     assert re.search(r"misses 0 ", screen) and not TOKEN.search(screen), screen
 
-    # everything the demo started, before it is told to stop
-    demo_pid = int(t.pane("#{pane_pid}"))
-    started_pids = [demo_pid, *child_pids(demo_pid)]
-    assert len(started_pids) >= 6, started_pids  # the demo, 2 x (worker, pool, beat), redis
+    started_pids = _started(t)  # everything the demo started, before it is told to stop
     t.run("send-keys", "-t", "demo", "q")
-    deadline = time.monotonic() + 60
-    while t.pane("#{pane_dead}") != "1" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    status = t.wait_for(r"^demo exited with status (\d+)", 60)[1]
     screen = t.screen()
     print(f"\nunder tmux, four keys and q: {time.monotonic() - started:.1f}s")
-    assert t.pane("#{pane_dead_status}") == "0", screen
+    assert status == "0", screen
     assert re.search(r"demo summary: 8 payment tasks made [1-9]\d* payments .*, 0 misses",
                      screen), screen
     assert "demo stopped: workers exited with status 0, 0; private redis-server stopped; " \
            "emulator stopped" in screen
-    left = {p: _cmdline(p) for p in started_pids if not _gone(p)}
-    assert left == {}
+    assert _left(started_pids, 0) == {}
     with pytest.raises(Exception):  # noqa: B017 - any connection error will do
         connect_redis(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5).ping()
