@@ -14,6 +14,7 @@ import time
 
 import click
 
+from .cli_demo import demo as demo_command
 from .cli_support import (
     EXIT_FAILED,
     EXIT_OK,
@@ -21,7 +22,6 @@ from .cli_support import (
     Seconds,
     State,
     Usage,
-    break_list,
     render_certificates,
     render_table,
 )
@@ -333,31 +333,6 @@ def emulator(host: str, port: int, expires_in: float, clients: tuple[str, ...],
         raise Usage(f"--certificate: {exc}") from None
 
 
-@cli.command()
-@click.option("--port", type=click.IntRange(0, 65535), default=0,
-              help="Emulator port (default: a free one).")
-@click.option("--lifetime", type=Seconds(min=5, max=604800), default=30, show_default=True,
-              help="Token lifetime the emulator issues, in seconds.")
-@click.option("--duration", type=Seconds(min=1), default=None, metavar="SECONDS",
-              help="Stop by itself after this many seconds (CI, scripts); default: until "
-                   "q or Ctrl-C, or with --break once the last break has recovered.")
-@click.option("--log", "log_mode", is_flag=True, default=None,
-              help="Plain lines, not the live view (default when stdout is not a terminal).")
-@click.option("--break", "breaks", callback=break_list, metavar="LIST",
-              help="Breaks to run one after the other: outage,redis,kill,401.")
-@click.option("--private-redis", is_flag=True,
-              help="Start a private redis-server even when one answers (to restart it).")
-@pass_state
-@_errors
-def demo(state: State, port: int, lifetime: float, duration: float | None,
-         log_mode: bool | None, breaks: list[str] | None, private_redis: bool) -> None:
-    """Emulator, worker, beat, payment tasks and a live view with keys that break things."""
-    from .demo import run_demo
-
-    run_demo(state.config_path, port=port, lifetime=lifetime, duration=duration,
-             breaks=breaks, log_mode=log_mode, private_redis=private_redis)
-
-
 @cli.command("metrics")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind (0.0.0.0 for a Kubernetes sidecar).")
@@ -382,9 +357,13 @@ def metrics_command(state: State, host: str, port: int) -> None:
         raise Fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+cli.add_command(demo_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
         cli.main(args=argv, prog_name="token-worker", standalone_mode=True)
     except KeyboardInterrupt:
         sys.exit(130)
+
