@@ -14,6 +14,7 @@ import time
 
 import click
 
+from .cli_demo import demo as demo_command
 from .cli_support import (
     EXIT_FAILED,
     EXIT_OK,
@@ -349,22 +350,6 @@ def emulator(host: str, port: int, expires_in: float, clients: tuple[str, ...],
         raise Usage(f"--certificate: {exc}") from None
 
 
-@cli.command()
-@click.option("--port", type=click.IntRange(0, 65535), default=0,
-              help="Emulator port (default: a free one).")
-@click.option("--lifetime", type=Seconds(min=5), default=30, show_default=True,
-              help="Token lifetime the emulator issues, in seconds.")
-@click.option("--duration", type=Seconds(min=1), default=None, metavar="SECONDS",
-              help="Stop by itself after this many seconds (CI, scripts); default: until Ctrl-C.")
-@pass_state
-@_errors
-def demo(state: State, port: int, lifetime: float, duration: float | None) -> None:
-    """Emulator, worker, beat and a live status view on this machine, until Ctrl-C."""
-    from .demo import run_demo
-
-    run_demo(state.config_path, port=port, lifetime=lifetime, duration=duration)
-
-
 @cli.command("metrics")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind (0.0.0.0 for a Kubernetes sidecar).")
@@ -389,9 +374,13 @@ def metrics_command(state: State, host: str, port: int) -> None:
         raise Fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+cli.add_command(demo_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
         cli.main(args=argv, prog_name="token-worker", standalone_mode=True)
     except KeyboardInterrupt:
         sys.exit(130)
+

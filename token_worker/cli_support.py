@@ -17,7 +17,7 @@ from .status import ProfileStatus
 from .store import TokenStore
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Fail", "Seconds", "State", "Usage",
-           "errors", "render_certificates", "render_table"]
+           "break_list", "errors", "render_certificates", "render_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,13 +88,15 @@ class State:
 
 
 class Seconds(click.FloatRange):
-    """A finite number of seconds, at least ``min``: ``nan``, ``inf`` and less are refused
-    (exit 2). ``nan`` passes every comparison with a bound, so a plain range lets it in."""
+    """A finite number of seconds, at least ``min`` (at most ``max``): ``nan``, ``inf`` and
+    others are refused (exit 2). ``nan`` passes every comparison with a bound, so a plain
+    range lets it in."""
 
     name = "seconds"
 
-    def __init__(self, min: float = 0.0) -> None:  # noqa: A002  (click's own name)
-        super().__init__(min=min)
+    def __init__(self, min: float = 0.0,  # noqa: A002  (click's own names)
+                 max: float | None = None) -> None:  # noqa: A002
+        super().__init__(min=min, max=max)
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Any:
@@ -102,6 +104,18 @@ class Seconds(click.FloatRange):
         if not math.isfinite(seconds):
             self.fail("must be a finite number of seconds", param, ctx)
         return seconds
+
+
+def break_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """``demo --break``: comma-separated break names (``outage,redis,kill,401``)."""
+    if value is None:
+        return None
+    from .demo_breaks import parse_breaks  # the demo's modules load only for the demo
+
+    try:
+        return parse_breaks(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def _ago(ts: float | None, now: float) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -331,7 +332,8 @@ def _demo_shows_every_profile(result: subprocess.CompletedProcess[str]) -> None:
     assert "(prefix 'demo')" in result.stdout and "private redis-server" not in result.stdout
     final = result.stdout.rsplit("token_worker demo", 1)[1]
     for profile in ("payments", "refunds", "disbursements"):
-        assert f"\n{profile} " in final and " valid " in final, final
+        # a live token each (the demo's margins keep a row refresh_due for up to a tick)
+        assert re.search(rf"^{profile}\s+(valid|refresh_due)\s", final, re.M), final
 
 
 @HEAVY

@@ -39,6 +39,10 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def ready(self) -> bool:
+        """Whether it has logged ``ready.`` (at once, no waiting)."""
+        return _READY.search(self.log()) is not None
+
     def wait_ready(self, timeout: float = 120) -> float:
         """Wall-clock time the worker logged ``ready.``.
 
