@@ -153,8 +153,12 @@ def rotating_fleet(server: RedisServer, n: int, lifetime: float, margin: float,
     for t in times:
         per_second[int(t - fill_end)] = per_second.get(int(t - fill_end), 0) + 1
     window = end - fill_end
+    first = [per_second.get(i, 0) for i in range(int(lead))]  # the first rotations
+    later = [per_second.get(i, 0) for i in range(int(lead), int(window))]
     return {"fill": fill, "calls": len(log), "window": window,
-            "busiest": max(per_second.values(), default=0), "mean": len(log) / window,
+            "busiest": max(first, default=0), "mean": sum(first) / max(len(first), 1),
+            "busiest_later": max(later, default=0),
+            "mean_later": sum(later) / max(len(later), 1),
             "per_profile_lifetime": len(log) / n / (window / lifetime),
             "ideal": lifetime / lead, "reads": read_count, "misses": misses,
             "per_cycle": len(log) / max(in_window, 1), "doubled": doubled}
@@ -184,9 +188,17 @@ def run(quick: bool = False) -> list[Row]:
                         target="1.00", met=res["per_cycle"] <= 1.005 and res["doubled"] == 0,
                         note=f"profiles published twice sooner than their phase allows: "
                              f"{res['doubled']}"))
-        rows.append(Row(NAME, f"{n:,} profiles rotating: busiest second after the cold fill",
-                        res["busiest"], res["mean"], "mean calls/s", "calls",
-                        target="≤ 1.5x", met=res["busiest"] <= 1.5 * res["mean"]))
+        rows.append(Row(NAME, f"{n:,} profiles rotating: busiest second of the first lead "
+                        "time after the cold fill (the first rotations)", res["busiest"],
+                        res["mean"], "mean calls/s", "calls", target="≤ 1.5x",
+                        met=res["busiest"] <= 1.5 * res["mean"],
+                        note="rotations that fell due while the fill still held every "
+                             "worker run at its end"))
+        if res["busiest_later"]:
+            rows.append(Row(NAME, f"{n:,} profiles rotating: busiest second from the second "
+                            "lead time on", res["busiest_later"], res["mean_later"],
+                            "mean calls/s", "calls", target="≤ 1.5x",
+                            met=res["busiest_later"] <= 1.5 * res["mean_later"]))
         rows.append(Row(NAME, f"{n:,} profiles rotating: reader misses (TokenUnavailable) "
                         f"in {res['reads']:,} reads of random profiles", res["misses"], 0,
                         "0 target", target="0", met=res["misses"] == 0, ratio=float(

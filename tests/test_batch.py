@@ -89,10 +89,13 @@ def test_first_tokens_of_a_batch_come_due_spread_over_the_lead(
         fleet: Refresher) -> None:
     refresh_batch(fleet, NAMES)
     tokens = [fleet.store.get_token(n) for n in NAMES]
-    span = (3600 - 600) * (1 - PHASE_FLOOR)  # the lead past its floor
-    phases = sorted(((t.refresh_at % span) / span) for t in tokens if t)
-    # twelve profiles, twelve places in the rotation: one refresh in each twelfth
-    assert [int(p * 12) for p in phases] == list(range(12))
+    lead = 3600 - 600
+    shares = sorted((t.refresh_at - t.issued_at) / lead for t in tokens if t)
+    # twelve profiles fetched at once, spread past the first tenth of the lead, with no
+    # two closer than a fortieth of it and no gap wider than a fifth
+    assert shares[0] >= PHASE_FLOOR and shares[-1] < 1.0
+    gaps = [b - a for a, b in zip(shares, shares[1:], strict=False)]
+    assert min(gaps) > 1 / 40 and max(gaps) < 1 / 5, shares
 
 
 def test_a_refresh_under_way_holds_its_claim_only_as_long_as_its_lock(

@@ -57,36 +57,30 @@ def test_jitter_is_a_small_share_of_a_short_lead_time() -> None:
     assert schedule_refresh(0.0, 100.0, 60, rng=Extreme(True)) == pytest.approx(39.2)
 
 
-def test_a_phase_places_the_refresh_at_that_point_of_the_fleet_clocks_cycle() -> None:
-    # lead 3000s (due at 4000 for a token issued at 1000); past the floor (300 s) the
-    # cycle is 2700 s long: phase 0.5 is the first moment from 1300 that is 1350 s into
-    # a 2700 s cycle of the fleet clock (1350 itself); phase 0.25 (675) comes a cycle on
+def test_a_slot_places_the_refresh_at_that_share_of_the_lead_past_its_floor() -> None:
+    # lead 3000 s (due at 4000 for a token issued at 1000); the floor keeps 300 s of it
     assert PHASE_FLOOR == 0.1
-    assert schedule_refresh(1000.0, 4600.0, 600, phase=0.5) == pytest.approx(1350.0)
-    assert schedule_refresh(1000.0, 4600.0, 600, phase=0.25) == pytest.approx(675.0 + 2700)
-    assert schedule_refresh(1000.0, 4600.0, 600, phase=0.75) == pytest.approx(2025.0)
-    # always within the lead, never sooner than the floor after the issue
-    for p in (0.0, 0.1, 0.33, 0.999):
-        at = schedule_refresh(1_764_000_000.5, 1_764_003_600.5, 600, phase=p)
-        assert 1_764_000_300.5 <= at < 1_764_003_000.5
+    assert schedule_refresh(1000.0, 4600.0, 600, slot=0.0) == pytest.approx(1300.0)
+    assert schedule_refresh(1000.0, 4600.0, 600, slot=0.5) == pytest.approx(2650.0)
+    assert schedule_refresh(1000.0, 4600.0, 600, slot=0.999) < 4000.0
     # margin over the lifetime: the lead is half the lifetime (50 s)
-    assert 5.0 <= schedule_refresh(0.0, 100.0, 600, phase=0.5) < 50.0
-    # out of range (NaN, 1, negative, inf) is no phase: the normal rule decides
+    assert schedule_refresh(0.0, 100.0, 600, slot=0.5) == pytest.approx(27.5)
+    # out of range (NaN, 1, negative, inf) is no slot: the normal rule decides
     for bad in (float("nan"), 1.0, -0.1, float("inf")):
-        assert schedule_refresh(1000.0, 4600.0, 600, rng=Extreme(False), phase=bad) == 4000.0
+        assert schedule_refresh(1000.0, 4600.0, 600, rng=Extreme(False), slot=bad) == 4000.0
 
 
-def test_phases_spread_a_fleet_fetched_unevenly_over_the_lead() -> None:
-    # 300 profiles fetched over 6 s (a throughput-bound cold start), each with its own
-    # phase: every tenth of the 8.1 s cycle (9 s lead past its floor) holds 30 refreshes,
-    # whatever the fetch order
+def test_golden_ratio_slots_spread_a_fleet_fetched_unevenly_over_the_lead() -> None:
+    # 300 profiles fetched over 6 s in rank order (a throughput-bound cold start), rank k
+    # in slot k * 0.618... mod 1: steady state (refresh times mod the 9 s rotation) holds
+    # no second with more than 1.25x the mean of 33 calls
+    golden = (5 ** 0.5 - 1) / 2
+    at = [schedule_refresh(1000.0 + 6 * k / 300, 1012.0 + 6 * k / 300, 3.0,
+                           slot=(k * golden) % 1.0) for k in range(300)]
+    per_second = [sum(1 for a in at if s <= a % 9.0 < s + 1) for s in range(9)]
+    assert max(per_second) <= 1.25 * 300 / 9, per_second
+    # the jitter alone would put all 300 in the last 2% of the lead
     rng = random.Random(7)
-    span = 9.0 * (1 - PHASE_FLOOR)
-    at = [schedule_refresh(1000.0 + 6 * i / 300, 1012.0 + 6 * i / 300, 3.0,
-                           phase=(i + rng.random()) / 300) for i in range(300)]
-    per_tenth = [sum(1 for a in at if k * span / 10 <= a % span < (k + 1) * span / 10)
-                 for k in range(10)]
-    assert per_tenth == [30] * 10
     jittered = [schedule_refresh(0.0, 12.0, 3.0, rng=rng) for _ in range(300)]
     assert min(jittered) >= 9.0 * (1 - JITTER_FRACTION)
 

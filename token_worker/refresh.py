@@ -30,6 +30,9 @@ __all__ = ["Outcome", "Reason", "RefreshResult", "Refresher", "next_attempt_dela
 
 log = logging.getLogger("token_worker.refresh")
 
+# (sqrt 5 - 1) / 2: multiples of it mod 1 spread any run of ranks evenly over [0, 1)
+_GOLDEN = 0.6180339887498949
+
 class Refresher:
     """Refreshes the profiles of one config against one store and one endpoint."""
 
@@ -80,13 +83,13 @@ class Refresher:
         return self.store.claim_due(self.config.profiles, horizon=horizon, hold=hold,
                                     cooldown=REJECTED_COOLDOWN_SECONDS)
 
-    def _phase(self, profile: str) -> float:
-        """The profile's place in a rotation, for a token fetched off its rotation: its
-        rank among this config's profiles (and a random share of one place), so
-        profiles fetched together come due spread evenly."""
+    def _slot(self, profile: str) -> float:
+        """The profile's slot in a lead time, for a token fetched off its rotation: its rank
+        among this config's profiles times the golden ratio (mod 1), so the slots of any
+        run of profiles, however they were fetched, cover the lead evenly."""
         if self._ranks is None:
             self._ranks = {name: i for i, name in enumerate(sorted(self.config.profiles))}
-        return (self._ranks.get(profile, 0) + self.rng.random()) / max(1, len(self._ranks))
+        return (self._ranks.get(profile, 0) * _GOLDEN) % 1.0
 
     def sync_profiles(self) -> None:
         """Publish this config's profiles for bare readers (merged into the registry,
@@ -274,15 +277,15 @@ class Refresher:
         issued_at = now + sent_at
         expires_at = issued_at + issued.expires_in
         # off its rotation (first token, after failures or a 401, forced, or refreshed
-        # late): the profile's own phase, so tokens fetched together do not come due
+        # late): the profile's own slot, so tokens fetched together do not come due
         # together
         late = current is None or current.refresh_at < now - self._late_after
-        phase = self._phase(profile) if (late or force or failures or rejected) else None
+        slot = self._slot(profile) if (late or force or failures or rejected) else None
         token = Token(
             access_token=issued.access_token, token_type=issued.token_type, scopes=issued.scopes,
             issued_at=issued_at, expires_at=expires_at,
             refresh_at=schedule_refresh(issued_at, expires_at, self.config.margin_for(profile),
-                                        rng=self.rng, phase=phase),
+                                        rng=self.rng, slot=slot),
         )
         if not self._functions_loaded:  # readers' fast path; once per process
             self._functions_loaded = self.store.load_functions()

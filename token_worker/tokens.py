@@ -35,12 +35,12 @@ __all__ = [
 
 # refresh_at is pulled earlier by up to this share of the lead time (capped), so
 # profiles issued in the same second drift apart. Small on purpose: a rotation keeps the
-# phase it was given (see ``phase``), and a large random pull on every rotation would
+# phase its slot gave it (see ``slot``), and a large random pull on every rotation would
 # randomise the fleet's phases again (bunching calls into busy seconds). At real
 # lifetimes the cap decides: 30 s of a 50 min lead is 1%.
 JITTER_FRACTION = 0.02
 JITTER_CAP_SECONDS = 30.0
-# a token placed by its phase is kept at least this share of its lead time: a phase never
+# a token placed in its slot is kept at least this share of its lead time: a slot never
 # turns one fetch into two back to back
 PHASE_FLOOR = 0.1
 
@@ -73,7 +73,7 @@ def bounded_ttl(pttl: float, expires_at: float, fleet_now: float) -> float:
 
 def schedule_refresh(
     issued_at: float, expires_at: float, margin: float, *, rng: random.Random | None = None,
-    phase: float | None = None,
+    slot: float | None = None,
 ) -> float:
     """When a token should be refreshed.
 
@@ -82,19 +82,17 @@ def schedule_refresh(
     moment earlier (never later), by at most ``JITTER_FRACTION`` of the lead time and
     ``JITTER_CAP_SECONDS``.
 
-    ``phase`` (in [0, 1)) gives the profile its own place in the rotation instead: the
-    first moment past ``PHASE_FLOOR`` of the lead time whose position in the fleet clock's
-    cycle of the rest of the lead is ``phase``. Tokens fetched off their rotation (the
-    first of a cold fleet, one after an outage or a forced refresh) then come due spread
-    evenly over the lead, however bunched they were fetched, and every later rotation
-    keeps its phase.
+    ``slot`` (in [0, 1)) places the refresh at that share of the lead time past its first
+    ``PHASE_FLOOR`` instead: a token fetched off its rotation (the first of a cold fleet,
+    one after an outage or a forced refresh) takes its profile's slot, so profiles
+    fetched together come due spread over the lead, and every later rotation keeps the
+    phase that gave it.
     """
     lifetime = expires_at - issued_at
     base = expires_at - margin if margin < lifetime else issued_at + lifetime / 2
     lead = base - issued_at
-    if phase is not None and 0.0 <= phase < 1.0 and lead > 0:
-        first, span = issued_at + lead * PHASE_FLOOR, lead * (1.0 - PHASE_FLOOR)
-        return first + (phase * span - first) % span
+    if slot is not None and 0.0 <= slot < 1.0 and lead > 0:
+        return issued_at + lead * (PHASE_FLOOR + (1.0 - PHASE_FLOOR) * slot)
     spread = min(lead * JITTER_FRACTION, JITTER_CAP_SECONDS)
     return base - (rng or random).uniform(0.0, max(spread, 0.0))
 
