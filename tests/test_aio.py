@@ -206,3 +206,19 @@ def test_a_thousand_waiters_share_the_readers_subscription(store: TokenStore,
             assert {t.access_token for t in tokens} == {"tok-A"}
             assert during - before <= 3  # not one connection per waiter
     run(scenario())
+
+
+def test_a_purge_after_a_rotation_this_reader_missed_is_not_served_around(
+        store: TokenStore, redis_url: str) -> None:
+    older = make_token(store, 300, access="tok-A", issued_ago=60)
+    newer = make_token(store, 600, access="tok-B")
+    store.publish("payments", older)
+
+    async def scenario() -> None:
+        async with AsyncTokenReader(redis_url, cache=False) as reader:
+            assert await reader.get("payments") == older
+            store.publish("payments", newer)  # never read by this reader
+            store.purge("payments")
+            with pytest.raises(TokenUnavailable):
+                await reader.get("payments")
+    run(scenario())

@@ -65,6 +65,24 @@ def test_a_purged_token_is_not_served_even_by_a_reader_that_held_it(
         reader.close()
 
 
+def test_a_purge_of_a_newer_token_than_a_reader_holds_is_not_a_lost_publish(
+        store: TokenStore, redis_url: str) -> None:
+    # the reader last read A; the fleet rotated to B (this reader never read it); B is
+    # purged: A is superseded, not a newer token Redis lost, so it is not served
+    older = make_token(store, 300, access="tok-A", issued_ago=60)
+    newer = make_token(store, 600, access="tok-B")
+    store.publish("payments", older)
+    reader = _reader(redis_url)
+    try:
+        assert reader.get("payments") == older
+        store.publish("payments", newer)
+        store.purge("payments")
+        with pytest.raises(TokenUnavailable):
+            reader.get("payments")
+    finally:
+        reader.close()
+
+
 def test_the_purge_event_makes_a_listening_reader_forget_its_token(store: TokenStore,
                                                                    redis_url: str) -> None:
     token = make_token(store, 300)

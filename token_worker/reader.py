@@ -245,10 +245,11 @@ class TokenReader:
         if value is None:
             if held is not None:
                 try:
-                    known = self.store.status(profile).fingerprint
+                    record = self.store.status(profile)
+                    known, known_at = record.fingerprint, record.issued_at
                 except StoreError:
-                    known = None
-                if core.kept(profile, held, None, known) is not None:
+                    known, known_at = None, None
+                if core.kept(profile, held, None, known, known_at) is not None:
                     return held
             raise self._diagnose(profile)
         token = core.token_from(profile, value, pttl, fleet_now, sent_at)

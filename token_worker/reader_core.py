@@ -156,7 +156,8 @@ class ReaderCore:
         return last
 
     def kept(self, profile: str, held: Token, stored: Token | None,
-             known_fingerprint: str | None) -> Token | None:
+             known_fingerprint: str | None, known_issued_at: float | None = None
+             ) -> Token | None:
         """``held`` when Redis lost its publish, else None.
 
         A failover (asynchronous replication) or a restart can lose a publish: Redis
@@ -165,8 +166,11 @@ class ReaderCore:
         leaves the record in place). Tokens are ordered by issue time, so the newer one
         we hold stays the right one to serve; the refresh the lost key makes due
         replaces it."""
-        if stored is None and known_fingerprint == held.fingerprint:
-            return None  # deleted on purpose (purge): readers wait for the next one
+        if stored is None and (known_fingerprint == held.fingerprint or (
+                known_issued_at is not None and known_issued_at >= held.issued_at)):
+            # deleted on purpose (purge) the token we hold or a newer one that replaced
+            # it (named by the record, ``known_issued_at``): readers wait for the next one
+            return None
         if stored is not None and stored.issued_at >= held.issued_at:
             return None
         log.warning("profile=%s: Redis %s; serving the newer token this reader holds "
