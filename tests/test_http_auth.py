@@ -467,3 +467,49 @@ def test_httpx_sync_client_refuses_an_async_reader(api: Api, reader: TokenReader
 def test_a_token_reader_satisfies_the_reader_protocol(reader: TokenReader) -> None:
     typed: SyncReader = reader  # checked by mypy on this file
     assert typed.get("payments").token_type == "Bearer"
+
+
+SHARED = [c for c in CASES if c[1] != "aio"]  # the reader that reported is the one used
+
+
+@pytest.mark.parametrize("case", SHARED, ids=[f"{c}-{r}" for c, r in SHARED])
+def test_a_request_made_while_the_token_awaits_its_replacement_waits_for_it(
+        case: tuple[str, str], api: Api, reader: TokenReader, refresher: Refresher,
+        emulator: Emulator, redis_url: str) -> None:
+    # another request's 401 was reported a moment ago; the fleet's replacement comes 0.5 s
+    # later: a new request waits for it (up to the wait) instead of failing unsent
+    old = reader.get("payments")
+    assert reader.report_rejected("payments", old)
+    timer = threading.Timer(0.5, lambda: refresher.refresh_profile("payments"))
+    timer.start()
+    try:
+        [result], _ = run(*case, reader, api.url, redis_url=redis_url, wait=5.0)
+    finally:
+        timer.join()
+    new = published(api)
+    assert new.fingerprint != old.fingerprint
+    assert result.status == 200
+    assert api.seen == [(new.fingerprint, 200)]  # sent once, with the replacement
+
+
+def test_an_async_readers_request_waits_for_the_replacement_of_a_token_it_reported(
+        api: Api, refresher: Refresher, redis_url: str, reader: TokenReader) -> None:
+    from token_worker.aio import AsyncTokenReader
+
+    async def scenario() -> tuple[Token, int]:
+        async with AsyncTokenReader(redis_url) as aio:
+            old = await aio.get("payments")
+            assert await aio.report_rejected("payments", old)
+            timer = threading.Timer(0.5, lambda: refresher.refresh_profile("payments"))
+            timer.start()
+            try:
+                async with httpx.AsyncClient(auth=aio.httpx_auth("payments")) as client:
+                    response = await client.get(api.url)
+            finally:
+                timer.join()
+            return old, response.status_code
+
+    old, status = asyncio.run(scenario())
+    new = published(api)
+    assert new.fingerprint != old.fingerprint and status == 200
+    assert api.seen == [(new.fingerprint, 200)]

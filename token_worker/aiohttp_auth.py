@@ -67,7 +67,7 @@ class BearerMiddleware:
             self.origin = origin  # before any await: the first caller anchors it
         if origin != self.origin:
             return await handler(request)
-        used = await current_async(self.reader, self.profile)
+        used = await current_async(self.reader, self.profile, self.wait)
         request.headers[hdrs.AUTHORIZATION] = bearer(used)
         response = await handler(request)
         if response.status != 401:

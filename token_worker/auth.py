@@ -32,7 +32,7 @@ from .tokens import Token
 if TYPE_CHECKING:
     from requests import PreparedRequest, Response
 
-__all__ = ["REPLACEMENT_WAIT", "AsyncReader", "BearerAuth", "SyncReader", "bearer",
+__all__ = ["REPLACEMENT_WAIT", "AsyncReader", "BearerAuth", "SyncReader", "bearer", "current",
            "current_async", "is_async_reader", "replacement", "replacement_async",
            "report_only", "report_only_async"]
 
@@ -210,13 +210,31 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-async def current_async(reader: SyncReader | AsyncReader, profile: str) -> Token:
-    """``reader.get(profile)`` from async code, off the event loop for a sync reader."""
-    if is_async_reader(reader):
-        aio: AsyncReader = reader  # type: ignore[assignment]
+def current(reader: SyncReader, profile: str, wait: float) -> Token:
+    """``reader.get(profile)``; when another request just had the current token rejected
+    (its 401 reported), wait up to ``wait`` for the replacement rather than fail this
+    request before it is sent."""
+    try:
+        return reader.get(profile)
+    except TokenUnavailable as exc:
+        if exc.reason != "rejected" or wait <= 0:
+            raise
+    return reader.get(profile, wait=wait)
+
+
+async def current_async(reader: SyncReader | AsyncReader, profile: str,
+                        wait: float = 0.0) -> Token:
+    """:func:`current` from async code, off the event loop for a sync reader."""
+    if not is_async_reader(reader):
+        sync: SyncReader = reader  # type: ignore[assignment]
+        return await asyncio.to_thread(current, sync, profile, wait)
+    aio: AsyncReader = reader  # type: ignore[assignment]
+    try:
         return await aio.get(profile)
-    sync: SyncReader = reader  # type: ignore[assignment]
-    return await asyncio.to_thread(sync.get, profile)
+    except TokenUnavailable as exc:
+        if exc.reason != "rejected" or wait <= 0:
+            raise
+    return await aio.get(profile, wait=wait)
 
 
 def _not_reported(profile: str, used: Token, exc: TokenUnavailable) -> None:
@@ -290,7 +308,7 @@ class BearerAuth:
         self.wait = wait
 
     def __call__(self, request: PreparedRequest) -> PreparedRequest:
-        token = self.reader.get(self.profile)
+        token = current(self.reader, self.profile, self.wait)
         request.headers["Authorization"] = bearer(token)
         # the hook holds the token this request carries: by the time the answer comes
         # the reader may serve another one, and reporting that one would be wrong

@@ -16,6 +16,7 @@ from .auth import (
     AsyncReader,
     SyncReader,
     bearer,
+    current,
     current_async,
     is_async_reader,
     replacement,
@@ -62,7 +63,7 @@ class HttpxBearerAuth(httpx.Auth):
                             "reader, which httpx.Client cannot await: use it with "
                             "httpx.AsyncClient, or give httpx.Client a TokenReader")
         reader: SyncReader = self.reader  # type: ignore[assignment]
-        used = reader.get(self.profile)
+        used = current(reader, self.profile, self.wait)
         request.headers["Authorization"] = bearer(used)
         response = yield request
         if not _rejected(response, used):
@@ -78,7 +79,7 @@ class HttpxBearerAuth(httpx.Auth):
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
                                                                               httpx.Response]:
-        used = await current_async(self.reader, self.profile)
+        used = await current_async(self.reader, self.profile, self.wait)
         request.headers["Authorization"] = bearer(used)
         response = yield request
         if not _rejected(response, used):
