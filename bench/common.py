@@ -249,6 +249,7 @@ class Reads:
         from token_worker import TokenReader, TokenUnavailable
 
         self.reads = self.misses = 0
+        self.why: list[str] = []  # the first misses: profile, reason, message
         self._stop = threading.Event()
         reader = TokenReader(url, prefix, min_ttl=0, cache=False)
         rng = random.Random(0)
@@ -256,11 +257,14 @@ class Reads:
 
         def run() -> None:
             while not self._stop.wait(every):
+                profile = rng.choice(order)
                 try:
-                    reader.get(rng.choice(order))
+                    reader.get(profile)
                     self.reads += 1
-                except TokenUnavailable:
+                except TokenUnavailable as exc:
                     self.misses += 1
+                    if len(self.why) < 5:
+                        self.why.append(f"{time.monotonic():.2f} {profile} {exc.reason}: {exc}")
             reader.close()
 
         self._thread = threading.Thread(target=run, name="bench-reads", daemon=True)

@@ -124,6 +124,8 @@ def burst(server: RedisServer, workers: int, n: int, pool: str, concurrency: int
         reads = Reads(server.url, PREFIX, list(names))
         published.wait(n, time.monotonic() + 120)
         read_count, misses = reads.stop()
+        if reads.why:
+            print("reader misses:", *reads.why, sep="\n  ")
         done = len(published.times)
         last = max(published.times.values()) if published.times else float("nan")
         first_call = min((t for t, _ in emu.call_log), default=float("nan"))
@@ -180,6 +182,8 @@ def steady(server: RedisServer, workers: int, n: int, pool: str, concurrency: in
         while time.monotonic() < end:
             time.sleep(0.2)
         read_count, misses = reads.stop()
+        if reads.why:
+            print("reader misses:", *reads.why, sep="\n  ")
         times = sorted(t - start for t, _ in emu.call_log if t <= end)
         failed = emu.stats()["failed"]
     finally:
