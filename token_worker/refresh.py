@@ -183,10 +183,6 @@ class Refresher:
         self._check_profile(profile)
         now = self.store.time()
         ttl = self.config.lock_ttl_seconds
-        if claimed:
-            # lapses just after the lock would: a worker killed mid-refresh delays the
-            # next one by the lock's TTL, as before claims, not by the message's life
-            self.store.hold_claim(profile, now + ttl + 1.0)
         if requested_at is None:
             requested_at = now
         if not force:
@@ -197,6 +193,11 @@ class Refresher:
                     # token already replaced): put it back, or every tick asks again
                     self.store.schedule_no_earlier(profile, current.refresh_at, pipeline=batch)
                 return RefreshResult(profile, Outcome.NOT_DUE, reason=Reason.TOKEN_VALID)
+        if claimed:
+            # about to take the lock: the claim now lapses just after the lock would, so a
+            # worker killed mid-refresh delays the next one by the lock's TTL, as before
+            # claims, not by the message's life (a refresh not due releases it below)
+            self.store.hold_claim(profile, now + ttl + 1.0)
         deadline = self.clock.monotonic() + (ttl if wait_seconds is None else wait_seconds)
         while True:
             owner = self.store.acquire_lock(profile, ttl)

@@ -22,12 +22,13 @@ from kombu.exceptions import OperationalError
 
 from .batch import refresh_batch
 from .config import Config, load_config
-from .constants import BATCH_TASK, DUE_TASK, MAX_BATCH, PROFILE_TASK
+from .constants import BATCH_TASK, DUE_TASK, PROFILE_TASK
 from .exceptions import ConfigError, StoreError, TokenUnavailable
 from .outcomes import RefreshResult
 from .plan import BATCH_THREADS, plan_sends
 from .reader import TokenReader
 from .refresh import Outcome, Refresher
+from .settings_rules import NUMBERS
 from .tokens import Token
 
 __all__ = ["BATCH_TASK", "DUE_TASK", "PROFILE_TASK", "register", "token_or_retry"]
@@ -46,6 +47,9 @@ FANOUT_EXPIRES_MIN = 60.0
 # a claim outlives its message's expiry by this much, so a claimed refresh is sent again
 # only once its message can no longer run
 CLAIM_SLACK_SECONDS = 1.0
+# the most profiles a refresh_batch message may carry: refresh.max_batch's upper bound,
+# whatever this worker's own setting (another beat's config may batch more)
+BATCH_LIMIT = int(NUMBERS["refresh.max_batch"].le)
 # refresh_due's log line names at most this many profiles
 LOGGED_NAMES = 20
 # bare readers learn the profile list from Redis; republish it at least this often
@@ -140,7 +144,7 @@ def _run_batch(runtime: _Runtime, app: Any, queue: str, profiles: list[str]) -> 
     except ConfigError as exc:
         log.error("refresh_batch skipped: %s", "; ".join(exc.problems))
         return
-    items = refresh_batch(refresher, [str(p) for p in profiles[:MAX_BATCH * 4]])
+    items = refresh_batch(refresher, [str(p) for p in profiles[:BATCH_LIMIT]])
     for item in items:
         if item.result is not None:
             _log_result(item.profile, item.result)
@@ -270,7 +274,7 @@ def register(app: Any, config: Config | None = None) -> None:
     one_refresh = 2 * config.lock_ttl_seconds + 30
     app.task(name=PROFILE_TASK, time_limit=one_refresh, bind=True,
              max_retries=UNKNOWN_PROFILE_HANDOFFS, **options)(refresh_profile)
-    app.task(name=BATCH_TASK, time_limit=one_refresh * -(-MAX_BATCH * 4 // BATCH_THREADS),
+    app.task(name=BATCH_TASK, time_limit=one_refresh * -(-BATCH_LIMIT // BATCH_THREADS),
              **options)(refresh_batch)
     app.task(name=DUE_TASK, **options)(refresh_due)
 
