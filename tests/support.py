@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -98,3 +99,12 @@ def raw_status(store: Any, profile: str = "payments") -> dict[str, str]:
     """The status hash as Redis holds it (strings), for assertions on its exact fields."""
     raw: dict[str, str] = store.redis.hgetall(store.keys.status(profile))
     return raw
+
+
+def rabbitmq_up() -> bool:
+    """Whether the machine's RabbitMQ answers on 127.0.0.1:5672 (scripts/test starts it)."""
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+        return True
+    except OSError:
+        return False

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from token_worker.testing.topologies import RedisCluster, SentinelSet
 
 from . import pki
 from .http_servers import Canned, self_signed
-from .support import REPO, SECRET, RedisServer, free_port, write_config
+from .support import REPO, SECRET, RedisServer, free_port, rabbitmq_up, write_config
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -346,17 +345,10 @@ def test_the_queue_fails_with_no_worker_and_passes_with_a_real_one(
     assert check.message.startswith("consumed by 1 worker(s): doctor@")
 
 
-def _rabbit_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
 
 def test_rabbitmq_queue_without_consumer_fails_and_is_never_declared(
         tmp_path: Path, servers: list[RedisServer]) -> None:
-    if not _rabbit_up():
+    if not rabbitmq_up():
         pytest.skip("RabbitMQ is not running on 127.0.0.1:5672")
     server = start(servers)
     queue = f"tw-doctor-{uuid.uuid4().hex[:8]}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 
@@ -11,6 +10,7 @@ from kombu import Connection
 
 from token_worker import TokenReader
 
+from ..support import rabbitmq_up
 from .conftest import THREE, Fleet
 
 pytestmark = pytest.mark.integration
@@ -18,18 +18,11 @@ pytestmark = pytest.mark.integration
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
-def _rabbit_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
 
 @pytest.fixture
 def amqp_queue(fleet: Fleet) -> Iterator[str]:
     """A queue name of our own on the shared RabbitMQ, deleted afterwards."""
-    if not _rabbit_up():
+    if not rabbitmq_up():
         pytest.skip("RabbitMQ is not running on 127.0.0.1:5672")
     name = f"tw-it-{uuid.uuid4().hex[:10]}"
     yield name

@@ -11,7 +11,6 @@ import contextlib
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from token_worker.testing import Worker, celery_worker, free_port, wait_until, w
 from token_worker.testing.emulator import Emulator
 from token_worker.testing.topologies import RedisCluster, SentinelSet
 
+from ..support import rabbitmq_up
 from .conftest import HEAVY, THREE, subprocess_env
 
 pytestmark = pytest.mark.integration
@@ -39,13 +39,6 @@ pytestmark = pytest.mark.integration
 LIFETIME, MARGIN, INTERVAL = 12.0, 6.0, 0.5
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 
-
-def _rabbitmq_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -191,7 +184,7 @@ def _scrape(port: int) -> str:
 
 
 @HEAVY
-@pytest.mark.skipif(not _rabbitmq_up(), reason="RabbitMQ is not running on 127.0.0.1:5672")
+@pytest.mark.skipif(not rabbitmq_up(), reason="RabbitMQ is not running on 127.0.0.1:5672")
 def test_cluster_serves_every_command_and_follows_a_master_failover(
         workdir: Path, emulator: Emulator, secret_env: str) -> None:
     emulator.set_expires_in(LIFETIME)
@@ -345,7 +338,7 @@ def test_the_demo_runs_on_sentinel(workdir: Path, emulator: Emulator, secret_env
 
 
 @HEAVY
-@pytest.mark.skipif(not _rabbitmq_up(), reason="RabbitMQ is not running on 127.0.0.1:5672")
+@pytest.mark.skipif(not rabbitmq_up(), reason="RabbitMQ is not running on 127.0.0.1:5672")
 def test_the_demo_runs_on_a_cluster_with_the_configured_broker(
         workdir: Path, emulator: Emulator, secret_env: str) -> None:
     with RedisCluster() as cluster:
