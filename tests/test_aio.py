@@ -144,12 +144,12 @@ def test_another_event_loop_or_a_forked_child_is_refused_clearly(store: TokenSto
                                                                  redis_url: str) -> None:
     store.publish("payments", make_token(store, 300))
     reader = AsyncTokenReader(redis_url)
-    run(reader.get("payments"))
-    # a loop of its own, run without asyncio.run's cancel-everything at exit: objects of
-    # the first loop that the collector finalises meanwhile may schedule work on this one
-    # (redis-py's connections do) that can never finish there
-    other = asyncio.new_event_loop()
+    # loops of their own, run without asyncio.run's cancel-everything at exit, which hung
+    # twice under xdist in the parallel phase cancelling the reader's subscription task;
+    # the reader is closed in its own loop at the end
+    own, other = asyncio.new_event_loop(), asyncio.new_event_loop()
     try:
+        own.run_until_complete(reader.get("payments"))
         with pytest.raises(RuntimeError, match="another event loop"):
             other.run_until_complete(reader.get("payments"))
     finally:
@@ -164,7 +164,11 @@ def test_another_event_loop_or_a_forked_child_is_refused_clearly(store: TokenSto
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        own.run_until_complete(reader.aclose())
+        own.close()
 
 
 def test_importing_it_loads_no_celery_requests_or_pydantic() -> None:
