@@ -91,13 +91,13 @@ def test_status_json_has_the_contract_fields(config_path: Path, refresher: Refre
 
 def test_status_reports_refresh_due_and_expired_states(config_path: Path, refresher: Refresher,
                                                        emulator: Emulator) -> None:
-    emulator.set_expires_in(1.0)  # margin 600 > lifetime: due at half life
+    emulator.set_expires_in(2.0)  # margin 600 > lifetime: due at half life, 1 s
     refresher.refresh_profile("payments")
-    time.sleep(0.55)
+    time.sleep(1.05)  # a second for status to run before the token expires, even loaded
     states = {r["profile"]: r["state"] for r in json.loads(run(config_path, "status",
                                                                 "--json").stdout)}
     assert states["payments"] == "refresh_due"
-    time.sleep(0.5)
+    time.sleep(1.0)
     states = {r["profile"]: r["state"] for r in json.loads(run(config_path, "status",
                                                                 "--json").stdout)}
     # the key died with the token; fetched once, so expired rather than missing

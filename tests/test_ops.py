@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from configparser import RawConfigParser
@@ -459,16 +460,27 @@ def test_status_watch_redraws_until_ctrl_c_then_exits_0(config_path: Path) -> No
     proc = subprocess.Popen([str(VENV_BIN / "token-worker"), "status", "--watch"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=script_env(config_path))
+    seen: list[str] = []
     try:
-        time.sleep(2.5)  # two redraws at least: it keeps going by itself
+        # Two redraws at least, by itself: wait for them rather than for a fixed time
+        # (a loaded machine can take over a second just to start the command).
+        assert proc.stdout is not None
+        reader = threading.Thread(target=lambda: seen.extend(proc.stdout or ()), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 30
+        while "".join(seen).count("PROFILE") < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        reader.join(timeout=10)
+        stderr = proc.stderr.read() if proc.stderr else ""
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr
-    assert stdout.count("PROFILE") >= 2
+    assert "".join(seen).count("PROFILE") >= 2
     assert "Traceback" not in stderr
 
 
