@@ -48,6 +48,28 @@ def test_only_what_is_due_within_the_horizon_is_claimed_at_its_due_time(
     assert abs(claim(store, ["refunds"], horizon=40.0)["refunds"][0] - later.refresh_at) < 1e-5
 
 
+def test_a_short_lived_token_is_claimed_for_half_its_life_left_a_long_one_in_full(
+        store: TokenStore) -> None:
+    """A lost message must be re-sent while the token it replaces is still valid."""
+    short = make_token(store, 10.0, refresh_in=2.0)  # 8 s left when it runs
+    long = make_token(store, 3600.0, access="tok-B", refresh_in=2.0)
+    store.publish("payments", short)
+    store.publish("refunds", long)
+    got = claim(store, ["payments", "refunds", "disbursements"], horizon=3.0, hold=61.0)
+    assert set(got) == {"payments", "refunds", "disbursements"}
+    until = store.claims()
+    assert abs(until["payments"] - (short.refresh_at + 4.0)) < 0.1  # (10 - 2) / 2
+    assert abs(until["refunds"] - (long.refresh_at + 61.0)) < 1e-3
+    # no token at all: the whole hold, so a backlog of first fetches is never re-sent
+    assert abs(until["disbursements"] - (got["disbursements"][0] + 61.0)) < 1e-3
+
+
+def test_a_nearly_expired_token_is_held_at_least_a_tick(store: TokenStore) -> None:
+    store.publish("payments", make_token(store, 1.0, refresh_in=0.0))
+    got = claim(store, ["payments"], horizon=5.0, hold=61.0)
+    assert abs(store.claims()["payments"] - (got["payments"][0] + 5.0)) < 0.1
+
+
 def test_a_released_claim_can_be_claimed_again(store: TokenStore) -> None:
     assert "payments" in claim(store, ["payments"])
     store.release_claim("payments")

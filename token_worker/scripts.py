@@ -177,6 +177,9 @@ return {t[1] .. '.' .. string.format('%06d', tonumber(t[2])), due}
 # claim seconds, profiles. Each profile due within the horizon that no live claim holds is
 # claimed until (when it runs + claim seconds): its message is sent once, and a backlog or
 # a second beat cannot send it again until its task ends (release) or the claim lapses.
+# A token with little life left when it runs is claimed for at most half of that life
+# (not under the horizon, at least 1 s): a message lost with its worker or its broker is
+# then re-sent while the token is still valid, not after it expired.
 # -> {now as "sec.usec", {profile, runs at, 1 when a lapsed claim was still there}...}
 CLAIM = Template(_DUE_TIMES).safe_substitute(first=4) + """
 local claims = KEYS[2 + 3 * n]
@@ -192,7 +195,13 @@ for i = 1, n do
     if held ~= nil and held > now + horizon + hold then held = now end
     if held == nil or held <= now then
       local run = math.max(at[i], now)
-      redis.call('ZADD', claims, run + hold, name)
+      local until_ = run + hold
+      local pttl = tonumber(redis.call('PTTL', KEYS[1 + i]))
+      if pttl > 0 then
+        local half = (now + pttl / 1000 - run) / 2
+        until_ = run + math.min(hold, math.max(half, horizon, 1))
+      end
+      redis.call('ZADD', claims, until_, name)
       out[#out + 1] = name
       out[#out + 1] = string.format('%.6f', run)
       out[#out + 1] = held and 1 or 0

@@ -21,6 +21,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 from kombu.exceptions import OperationalError
 
 from .batch import refresh_batch
+from .broker_compat import install as _guard_broker_loss
 from .config import Config, load_config
 from .constants import BATCH_TASK, DUE_TASK, PROFILE_TASK
 from .exceptions import ConfigError, StoreError, TokenUnavailable
@@ -243,6 +244,8 @@ def register(app: Any, config: Config | None = None) -> None:
     """
     if getattr(app, "_token_worker_registered", False):
         return
+    # beat's refreshes wait in the worker until due: a lost Redis broker must not end it
+    _guard_broker_loss()
     config = config or load_config()
     runtime = _Runtime(config)
     _RUNTIMES.append(runtime)

@@ -25,7 +25,7 @@ from tests.support import REPO, SECRET, RedisServer
 from token_worker.testing import Worker, celery_worker, worker_env, write_config
 from token_worker.testing.emulator import Emulator
 
-__all__ = ["HEAVY", "THREE", "Fleet", "Worker", "fleet", "subprocess_env"]
+__all__ = ["HEAVY", "THREE", "Fleet", "Worker", "fleet", "private_fleet", "subprocess_env"]
 
 # Scenarios whose bounds a loaded machine tests hardest (the soak's refresh count,
 # failovers that readers must not notice, a CLI that must answer within a token's last
@@ -123,3 +123,18 @@ def fleet(tmp_path: Path, redis_server: RedisServer, redis_url: str, emulator: E
     finally:
         harness.shutdown()
     harness.assert_no_leaks()
+
+
+@pytest.fixture
+def private_fleet(tmp_path: Path, emulator: Emulator, secret_env: str) -> Iterator[Fleet]:
+    """A fleet on its own redis-server (store and broker), which the test may kill."""
+    server = RedisServer().start()
+    harness = Fleet(tmp_path, server, emulator)
+    try:
+        yield harness
+    finally:
+        harness.shutdown()
+        try:
+            harness.assert_no_leaks()
+        finally:
+            server.kill()

@@ -25,7 +25,7 @@ import requests
 from celery import Celery
 from freezegun import freeze_time
 
-from tests.support import CLIENT_ID, RedisServer, wait_until
+from tests.support import CLIENT_ID, wait_until
 from token_worker import Token, TokenReader, TokenUnavailable
 from token_worker.config import load_config
 from token_worker.store import TokenStore, connect_redis
@@ -276,21 +276,6 @@ def test_readers_keep_the_current_token_through_an_outage_until_it_truly_expires
 
 
 # -- 3. Redis faults -----------------------------------------------------------------------
-
-@pytest.fixture
-def private_fleet(tmp_path: Path, emulator: Emulator, secret_env: str) -> Iterator[Fleet]:
-    """A fleet on its own redis-server (store and broker), which the test may kill."""
-    server = RedisServer().start()
-    harness = Fleet(tmp_path, server, emulator)
-    try:
-        yield harness
-    finally:
-        harness.shutdown()
-        try:
-            harness.assert_no_leaks()
-        finally:
-            server.kill()
-
 
 def test_redis_lost_and_back_empty_republishes_every_profile(private_fleet: Fleet,
                                                               calls: CallLog) -> None:
