@@ -17,7 +17,8 @@ from .support import CLIENT_ID, SECRET, RedisServer, write_config
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # timing tests share one xdist worker (never two at once) unless they name their own
-    # group (the soak runs beside them: it waits, it does not load the machine)
+    # group (the soak runs beside them: it waits, it does not load the machine; two short
+    # ones follow it there, so both workers finish at about the same time)
     for item in items:
         if item.get_closest_marker("timing") and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group("timing"))

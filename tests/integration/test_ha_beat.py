@@ -375,6 +375,8 @@ def test_django_celery_beat_stores_intervals_in_whole_seconds(
 
 
 @HEAVY
+# after the soak on its worker: the two timing workers then finish together
+@pytest.mark.xdist_group("soak")
 def test_django_celery_beat_floods_the_broker_with_a_sub_second_interval(
         fleet: Fleet, django_db: dict[str, str]) -> None:
     # the running schedule keeps 0.5 s until it is read back from the table: after any

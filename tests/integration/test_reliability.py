@@ -208,6 +208,8 @@ MALFORMED = ["html", "malformed_json", "missing_token", "bad_expires", "wrong_to
 
 
 @HEAVY
+# after the soak on its worker: the two timing workers then finish together
+@pytest.mark.xdist_group("soak")
 def test_readers_keep_the_current_token_through_an_outage_until_it_truly_expires(
         fleet: Fleet, calls: CallLog) -> None:
     lifetime, margin, min_ttl = 10, 8, 0.5
