@@ -13,6 +13,8 @@ from celery import Celery
 
 from tests.support import wait_until
 from token_worker import TokenReader
+from token_worker.broker import celery_broker_settings
+from token_worker.config import load_config
 from token_worker.constants import PROFILE_TASK
 
 from .conftest import THREE, Fleet
@@ -28,8 +30,8 @@ def test_a_worker_holding_a_due_time_refresh_survives_its_redis_broker_restartin
     reader = TokenReader(fleet.redis_url, socket_timeout=0.5)
     first = {p: reader.get(p, wait=60).fingerprint for p in THREE}
     # what beat does for a profile due in a minute: a refresh the worker holds until then
-    sender = Celery("sender", broker=f"{fleet.redis_url.rsplit('/', 1)[0]}/1",
-                    set_as_current=False)
+    broker, _, _ = celery_broker_settings(load_config(config))  # where the worker listens
+    sender = Celery("sender", broker=broker, set_as_current=False)
     held = sender.send_task(PROFILE_TASK, args=["payments"], kwargs={"scheduled": True},
                             queue="tokens", countdown=60, expires=70)
     sender.close()
