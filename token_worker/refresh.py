@@ -277,11 +277,12 @@ class Refresher:
                                 failures, owner, now)
         issued_at = now + sent_at
         expires_at = issued_at + issued.expires_in
-        # off its rotation (first token, after failures or a 401, forced, or refreshed
-        # late): the profile's own slot, so tokens fetched together do not come due
-        # together
+        # off its rotation (first token, after a 401, forced, or refreshed late, as after
+        # an outage): the profile's own slot, so tokens fetched together do not come due
+        # together. A success soon after a failed attempt keeps its rotation: a slot early
+        # in the lead would cost the profile an extra call for every brief failure.
         late = current is None or current.refresh_at < now - self._late_after
-        slot = self._slot(profile) if (late or force or failures or rejected) else None
+        slot = self._slot(profile) if (late or force or rejected) else None
         token = Token(
             access_token=issued.access_token, token_type=issued.token_type, scopes=issued.scopes,
             issued_at=issued_at, expires_at=expires_at,
